@@ -1,0 +1,31 @@
+# The two README commands: `make run` (install + main job) and `make test` (install + test suite).
+# Both create or reuse .venv; the install reruns only when pyproject.toml changes.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: install run test lint bench
+
+$(STAMP): pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	@$(VENV)/bin/python -c 'import sys; assert sys.version_info[:2] == (3, 11), "AutoTraj needs Python 3.11, got " + sys.version'
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	# The local CPU wheel first, so no dependency can pull a CUDA build of torch.
+	$(VENV)/bin/pip install --quiet torch==2.13.0
+	$(VENV)/bin/pip install --quiet -e ".[dev]"
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+install: $(STAMP)
+
+run: install
+	$(VENV)/bin/autotraj quickstart
+
+test: install
+	$(VENV)/bin/python -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: install
+	$(VENV)/bin/python benchmarks/lake.py

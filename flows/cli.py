@@ -1,0 +1,243 @@
+"""The `autotraj` command line: data import, lake inspection, configuration and the main job."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from schemas.config import PROJECT_ROOT, ConfigError, PipelineConfig, load_config
+
+app = typer.Typer(help="AutoTraj: repair and reward tool-use trajectories for tool-integrated reasoning.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+data_app = typer.Typer(help="Bring question/answer sets into the lake.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(config_app, name="config")
+
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_BENCHMARKS_DIR = PROJECT_ROOT.parent / "shared" / "data" / "benchmarks"
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    profile: Annotated[str, typer.Option("--profile", "-p", help="Profile in deployments/ or a YAML path.")] = "cpu",
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a config key: section.key=value.")
+                         ] = None,
+) -> None:
+    """Global options shared by every command."""
+    ctx.obj = {"profile": profile, "overrides": list(overrides or [])}
+
+
+def _config(ctx: typer.Context) -> PipelineConfig:
+    try:
+        return load_config(ctx.obj["profile"], ctx.obj["overrides"])
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _lake(ctx: typer.Context):  # noqa: ANN202 - imported lazily to keep `--help` fast
+    from schemas.lake import Lake
+
+    return Lake.from_config(_config(ctx).runtime)
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+
+@data_app.command("import")
+def data_import(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="A .jsonl, .json, .csv or .parquet file, or a saved HF dataset dir.")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Dataset name in the queries table.")],
+    question_field: Annotated[str, typer.Option(help="Source column holding the question.")] = "question",
+    answer_field: Annotated[str, typer.Option(help="Source column holding the gold answer (or a list).")] = "answer",
+    id_field: Annotated[str, typer.Option(help="Source column holding the row's id.")] = "id",
+    task_field: Annotated[str, typer.Option(help="Source column holding the task (math|qa).")] = "task",
+    task: Annotated[str, typer.Option(help="Task for rows that name none: math or qa.")] = "math",
+    split: Annotated[str | None, typer.Option(help="Split of a saved HF DatasetDict.")] = None,
+) -> None:
+    """Import queries; malformed, empty and duplicate rows go to rejected_inputs with a reason."""
+    from tasks.import_queries import FieldMapping, ImportFormatError, import_queries
+
+    mapping = FieldMapping(question=question_field, answer=answer_field, id=id_field, task=task_field,
+                           default_task=task, split=split)
+    try:
+        report = import_queries(_lake(ctx), path, name, mapping)
+    except (ImportFormatError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    if report.already_imported is not None:
+        console.print(f"{path} is already imported as [bold]{report.already_imported.version_id}[/] "
+                      f"({report.already_imported.row_count} queries); nothing to do.")
+        return
+    console.print(f"read {report.rows_read} rows from {path}: [green]{report.imported} imported[/], "
+                  f"[yellow]{len(report.rejected)} rejected[/]")
+    if report.rejected:
+        reasons = Table("reason", "rows", title="rejected rows (see the rejected_inputs table)")
+        for reason, count in report.reason_counts.most_common():
+            reasons.add_row(reason, str(count))
+        console.print(reasons)
+    if report.queries_version is not None:
+        console.print(f"wrote [bold]{report.queries_version.version_id}[/] "
+                      f"({report.queries_version.row_count} queries in this version)")
+    if report.nothing_importable:
+        raise _fail(f"nothing importable in {path}", code=1)
+
+
+# -- inspection ------------------------------------------------------------------------------------
+
+
+@app.command()
+def tables(
+    ctx: typer.Context,
+    versions: Annotated[bool, typer.Option("--versions", help="List every version with its lineage.")] = False,
+) -> None:
+    """Show the lake's tables, their datasets, versions, row counts and lineage."""
+    from schemas.tables import VERSIONED_TABLES
+
+    lake = _lake(ctx)
+    infos = lake.versions()
+    by_table: dict[str, list[Any]] = defaultdict(list)
+    for info in infos:
+        by_table[info.table_name].append(info)
+    summary = Table("table", "datasets", "versions", "rows (latest)", "last written",
+                    title=f"lake at {lake.lake_dir}")
+    for table in VERSIONED_TABLES:
+        entries = by_table.get(table, [])
+        latest: dict[str, Any] = {}
+        for info in entries:
+            latest[info.dataset] = info
+        rows = sum(info.row_count for info in latest.values())
+        when = max((info.created_at for info in entries), default=None)
+        summary.add_row(table, ", ".join(sorted(latest)) or "-", str(len(entries)), str(rows),
+                        when.strftime("%Y-%m-%d %H:%M:%S") if when else "-")
+    console.print(summary)
+    if versions:
+        detail = Table("version", "stage", "run", "rows", "inputs", "config", "flow run", "written",
+                       title="versions and lineage")
+        for info in infos:
+            detail.add_row(info.version_id, info.stage, info.run_id, str(info.row_count),
+                           ", ".join(info.input_versions) or "-", info.config_hash or "-",
+                           info.prefect_flow_run_id or "-", info.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+        console.print(detail)
+
+
+def _print_arrow(result: Any, output_format: str, max_rows: int) -> None:
+    if output_format == "csv":
+        import pyarrow.csv as pacsv
+
+        sink = sys.stdout.buffer
+        pacsv.write_csv(result, sink)
+        sink.flush()
+        return
+    rows = result.to_pylist()
+    if output_format == "json":
+        sys.stdout.write(json.dumps(rows, default=str, ensure_ascii=False, indent=1) + "\n")
+        return
+    table = Table(*result.column_names)
+    for row in rows[:max_rows]:
+        table.add_row(*("NULL" if value is None else str(value) for value in row.values()))
+    console.print(table)
+    if len(rows) > max_rows:
+        console.print(f"… {len(rows) - max_rows} more rows (use --max-rows or --format csv|json)")
+
+
+@app.command()
+def sql(
+    ctx: typer.Context,
+    query: Annotated[str, typer.Argument(help="SQL over the views: <table> (latest), <table>_all, runs, lake.<table>.")],
+    output_format: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
+    max_rows: Annotated[int, typer.Option(help="Rows shown in table format.")] = 50,
+) -> None:
+    """Query the lake read-only with DuckDB; every table is a view of its latest versions."""
+    import duckdb
+
+    if output_format not in {"table", "csv", "json"}:
+        raise _fail(f"--format must be table, csv or json, not {output_format!r}")
+    try:
+        result = _lake(ctx).sql(query)
+    except duckdb.Error as exc:
+        raise _fail(str(exc).strip(), code=1) from None
+    _print_arrow(result, output_format, max_rows)
+
+
+@app.command()
+def attach(ctx: typer.Context) -> None:
+    """Print the SQL that attaches this lake in your own DuckDB session (read only)."""
+    from schemas.lake import Lake, _extension_file
+
+    lake: Lake = _lake(ctx)
+    lake.initialize()
+    ducklake = _extension_file("duckdb_extension_ducklake", "ducklake.duckdb_extension")
+    catalog_ext = lake.data_dir / "duckdb_extensions" / (
+        "sqlite_scanner.duckdb_extension" if lake.catalog_url.startswith("sqlite:")
+        else "postgres_scanner.duckdb_extension")
+    console.print("-- start duckdb with unsigned extensions allowed: duckdb -unsigned", markup=False)
+    console.print(f"LOAD '{ducklake}';\nLOAD '{catalog_ext}';", markup=False)
+    console.print(f"ATTACH 'ducklake:{lake.catalog_url}' AS lake (DATA_PATH '{lake.data_path}/', READ_ONLY);",
+                  markup=False)
+    console.print("SELECT * FROM lake.runs ORDER BY created_at DESC LIMIT 10;", markup=False)
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+
+@config_app.command("show")
+def config_show(
+    ctx: typer.Context,
+    section: Annotated[str | None, typer.Argument(help="One section, e.g. rollout.")] = None,
+) -> None:
+    """Print the resolved configuration (profile plus --set overrides) as YAML."""
+    import yaml
+
+    config = _config(ctx).model_dump(mode="json")
+    if section is not None:
+        if section not in config:
+            raise _fail(f"unknown section {section!r}; sections: {', '.join(config)}")
+        config = {section: config[section]}
+    console.print(yaml.safe_dump(config, sort_keys=False), markup=False, highlight=False)
+
+
+# -- the main job ----------------------------------------------------------------------------------
+
+
+@app.command()
+def quickstart(
+    ctx: typer.Context,
+    benchmarks_dir: Annotated[Path, typer.Option(help="Directory of benchmark .jsonl files to import.")] = Path(
+        os.environ.get("AUTOTRAJ_BENCHMARKS", str(DEFAULT_BENCHMARKS_DIR))),
+) -> None:
+    """The main job on the embedded default: import the bundled benchmarks and show the lake."""
+    if not benchmarks_dir.is_dir():
+        raise _fail(f"benchmark directory {benchmarks_dir} not found; pass --benchmarks-dir or set AUTOTRAJ_BENCHMARKS")
+    files = sorted(benchmarks_dir.glob("*.jsonl"))
+    if not files:
+        raise _fail(f"no .jsonl files in {benchmarks_dir}")
+    for file in files:
+        console.rule(f"import {file.name}")
+        ctx.invoke(data_import, ctx=ctx, path=file, name=file.stem)
+    console.rule("the lake")
+    ctx.invoke(tables, ctx=ctx, versions=False)
+    ctx.invoke(sql, ctx=ctx, query="SELECT dataset, task, count(*) AS queries FROM queries GROUP BY ALL ORDER BY 1",
+               output_format="table", max_rows=50)
+    console.print("next: [bold]autotraj tables --versions[/], [bold]autotraj sql \"select * from queries limit 5\"[/], "
+                  "[bold]autotraj attach[/]")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,277 @@
+"""Pipeline configuration: one pydantic section per stage, loaded from a YAML profile plus overrides.
+
+Defaults are the paper's constants (DESIGN.md §1). Unknown keys anywhere are an error naming the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROFILES_DIR = PROJECT_ROOT / "deployments"
+DEFAULT_PROFILE = "cpu"
+
+HEDGING_WORDS = ["maybe", "unsure", "guess", "seems", "perhaps", "probably", "might", "likely", "recheck"]
+
+
+class ConfigError(ValueError):
+    """A profile or override that does not fit the configuration models."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are rejected, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RolloutConfig(Section):
+    """Teacher rollout: N candidate trajectories per query with real tool execution."""
+
+    model: str = "teacher"
+    backend: Literal["transformers", "openai", "vllm"] = "transformers"
+    n: int = Field(4, ge=1, description="candidate trajectories per query")
+    max_tool_calls: int = Field(3, ge=0)
+    max_turns: int = Field(10, ge=1)
+    max_new_tokens_per_turn: int = Field(512, ge=1)
+    max_total_tokens: int = Field(4096, ge=1)
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    batch_size: int = Field(32, ge=1)
+    seed: int = 0
+    system_prompt_file: str | None = None
+    user_template_file: str | None = None
+
+
+class ScoreWeights(Section):
+    """Weights of the quality score q = w_c·c + w_l·l + w_e·e."""
+
+    confidence: float = 0.4
+    length: float = 0.3
+    repetition: float = 0.3
+
+
+class ScoreConfig(Section):
+    """Multi-dimensional scoring and the per-query labeling rule."""
+
+    weights: ScoreWeights = Field(default_factory=ScoreWeights)
+    hedging_words: list[str] = Field(default_factory=lambda: list(HEDGING_WORDS))
+    length_sigma_ratio: float = Field(0.5, gt=0.0, description="σ = ratio · n*")
+    repetition_ngram: int = Field(3, ge=1)
+    repetition_min_words: int = Field(6, ge=1, description="texts shorter than this score 1")
+    all_high_quality_threshold: float = 0.90
+    best_high_quality_threshold: float = 0.86
+    correct_threshold: float = Field(1.0, ge=0.0, le=1.0, description="outcome at or above which an answer is correct")
+
+
+class RepairConfig(Section):
+    """LLM-as-Repairer: prompts, acceptance thresholds and attempts."""
+
+    model: str = "repairer"
+    backend: Literal["transformers", "openai", "vllm"] = "transformers"
+    accept_threshold_correct_low_quality: float = 0.86
+    accept_threshold_wrong: float = 0.80
+    max_attempts: int = Field(1, ge=1)
+    temperature: float = Field(0.7, ge=0.0)
+    low_quality_prompt_file: str | None = None
+    wrong_prompt_file: str | None = None
+
+
+class PairsConfig(Section):
+    """SFT set and preference pair building."""
+
+    include_high_quality: bool = True
+    include_repairs: bool = True
+    deduplicate: bool = True
+
+
+class SftConfig(Section):
+    """Supervised fine-tuning of the policy on model-written tokens only."""
+
+    base_model: str = "policy"
+    method: Literal["full", "lora"] = "full"
+    learning_rate: float = Field(1e-5, gt=0.0)
+    num_epochs: float = Field(3.0, gt=0.0)
+    batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int = Field(4096, ge=16)
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    seed: int = 0
+
+
+class RewardModelConfig(Section):
+    """Trajectory reward model trained with the Bradley–Terry loss."""
+
+    base_model: str | None = Field(None, description="None = the policy's base model")
+    method: Literal["full", "lora"] = "lora"
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    learning_rate: float = Field(1e-4, gt=0.0)
+    num_epochs: float = Field(1.0, gt=0.0)
+    batch_size: int = Field(8, ge=1)
+    max_length: int = Field(4096, ge=16)
+    eval_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    seed: int = 0
+
+
+class GrpoConfig(Section):
+    """GRPO with multi-turn tool rollouts and the paper's composite reward."""
+
+    num_generations: int = Field(4, ge=2)
+    learning_rate: float = Field(1e-6, gt=0.0)
+    beta: float = Field(0.04, ge=0.0, description="KL coefficient")
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "grpo"
+    temperature: float = Field(1.0, gt=0.0)
+    max_steps: int = Field(200, ge=1)
+    checkpoint_every: int = Field(20, ge=1)
+    format_penalty: float = -1.0
+    rm_bonus_weight: float = 0.2
+    reward_clip: float = Field(3.0, gt=0.0)
+    seed: int = 0
+
+
+class EvaluateConfig(Section):
+    """Side-by-side evaluation of models on benchmarks."""
+
+    benchmarks: list[str] = Field(default_factory=list)
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
+    max_queries: int | None = Field(None, ge=1)
+
+
+def _default_data_dir() -> str:
+    return os.environ.get("AUTOTRAJ_HOME", "./.autotraj")
+
+
+class RuntimeConfig(Section):
+    """Where data lives and which services the pipeline talks to."""
+
+    data_dir: str = Field(default_factory=_default_data_dir, description="AUTOTRAJ_HOME")
+    ray_address: str | None = Field(default_factory=lambda: os.environ.get("RAY_ADDRESS"))
+    lake_catalog_url: str | None = Field(
+        None, description="None = SQLite catalog in the data dir; 'postgres:dbname=… host=…' for clusters"
+    )
+    lake_data_path: str | None = Field(None, description="None = <data_dir>/lake/data")
+
+
+class PipelineConfig(Section):
+    """The whole pipeline: one section per stage plus runtime."""
+
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    repair: RepairConfig = Field(default_factory=RepairConfig)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+    sft: SftConfig = Field(default_factory=SftConfig)
+    reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig)
+    grpo: GrpoConfig = Field(default_factory=GrpoConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="after")
+    def _repair_thresholds_within_unit_interval(self) -> PipelineConfig:
+        for value in (self.repair.accept_threshold_correct_low_quality, self.repair.accept_threshold_wrong):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError("repair acceptance thresholds must lie in [0, 1]")
+        return self
+
+    def section_hash(self, section: str) -> str:
+        """Stable short hash of one section, used in lineage and cache keys."""
+        return config_hash(getattr(self, section).model_dump(mode="json"))
+
+
+def config_hash(payload: Any) -> str:
+    """Short sha256 of a JSON-serialisable payload with sorted keys."""
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def profile_path(profile: str | os.PathLike[str]) -> Path:
+    """Resolve a profile name (`cpu`) or a path to a YAML file."""
+    candidate = Path(profile)
+    if candidate.suffix in {".yaml", ".yml"} or candidate.exists():
+        if not candidate.exists():
+            raise ConfigError(f"profile file not found: {candidate}")
+        return candidate
+    named = PROFILES_DIR / f"{profile}.yaml"
+    if not named.exists():
+        known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown profile {profile!r}; known profiles: {', '.join(known)}")
+    return named
+
+
+def parse_override(override: str) -> tuple[list[str], Any]:
+    """Split `a.b.c=value` into its key path and a YAML-parsed value."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {override!r} must look like key.path=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {override!r}: value is not valid YAML ({exc})") from exc
+    return key.strip().split("."), value
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys.extend(_known_keys(annotation, prefix + name + "."))
+    return keys
+
+
+def _explain(exc: ValidationError, source: str) -> ConfigError:
+    messages = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(key, _known_keys(PipelineConfig), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            messages.append(f"unknown config key {key!r}{hint}")
+        else:
+            messages.append(f"config key {key!r}: {error['msg']}")
+    return ConfigError(f"{source}: " + "; ".join(messages))
+
+
+def load_config(
+    profile: str | os.PathLike[str] = DEFAULT_PROFILE, overrides: list[str] | tuple[str, ...] = ()
+) -> PipelineConfig:
+    """Load a profile from deployments/ (or a YAML path) and apply `key=value` overrides."""
+    path = profile_path(profile)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: a profile must be a mapping of sections")
+    try:
+        PipelineConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise _explain(exc, str(path)) from None
+    for override in overrides:
+        keys, value = parse_override(override)
+        _set_path(tree, keys, value)
+        try:
+            PipelineConfig.model_validate(tree)
+        except ValidationError as exc:
+            raise _explain(exc, f"--set {override}") from None
+    return PipelineConfig.model_validate(tree)

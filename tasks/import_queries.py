@@ -1,0 +1,302 @@
+"""Import question/answer sets into the `queries` table, setting aside malformed rows with a reason.
+
+Reads JSONL, JSON, Parquet, CSV and Hugging Face datasets saved to disk. A dataset's new version is
+its previous latest version plus the new, unique questions; re-importing an identical file is a no-op.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from schemas.config import config_hash
+from schemas.lake import Lake, Lineage, VersionInfo
+
+STAGE = "import"
+TASKS = ("math", "qa")
+JSONL_SUFFIXES = {".jsonl", ".ndjson"}
+
+
+class ImportFormatError(ValueError):
+    """A source that cannot be read at all (unknown format, unreadable file, missing split)."""
+
+
+@dataclass(frozen=True)
+class FieldMapping:
+    """Which source columns hold the question, answer, id and task."""
+
+    question: str = "question"
+    answer: str = "answer"
+    id: str = "id"
+    task: str = "task"
+    default_task: str = "math"
+    split: str | None = None
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A source row set aside, with its 1-based position, a reason code and details."""
+
+    row_number: int
+    reason: str
+    detail: str
+    raw: str
+
+
+@dataclass
+class ImportReport:
+    """What an import did: counts, rejections and the versions it wrote."""
+
+    dataset: str
+    source: str
+    rows_read: int = 0
+    imported: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    queries_version: VersionInfo | None = None
+    rejected_version: VersionInfo | None = None
+    already_imported: VersionInfo | None = None
+    duplicates_of_existing: int = 0
+
+    @property
+    def reason_counts(self) -> Counter[str]:
+        """Rejections per reason code."""
+        return Counter(rejection.reason for rejection in self.rejected)
+
+    @property
+    def nothing_importable(self) -> bool:
+        """True when no row of the source was a valid query (new or already present)."""
+        return self.already_imported is None and self.imported == 0 and self.duplicates_of_existing == 0
+
+
+def _raw(value: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                yield number, Rejection(number, "empty_row", "blank line", line)
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield number, Rejection(number, "invalid_json", f"not valid JSON: {exc.msg} at column {exc.colno}",
+                                        line.rstrip("\n"))
+
+
+def _read_json(path: Path) -> Iterator[tuple[int, Any]]:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        # Many `.json` files are JSON Lines in disguise.
+        yield from _read_jsonl(path)
+        return
+    if isinstance(document, dict):
+        lists = [value for value in document.values() if isinstance(value, list)]
+        if len(lists) != 1:
+            raise ImportFormatError(f"{path}: a JSON object must hold exactly one list of rows")
+        document = lists[0]
+    if not isinstance(document, list):
+        raise ImportFormatError(f"{path}: expected a JSON list of rows")
+    yield from enumerate(document, start=1)
+
+
+def _read_csv(path: Path) -> Iterator[tuple[int, Any]]:
+    with path.open(encoding="utf-8", errors="replace", newline="") as handle:
+        reader = csv.DictReader(handle)
+        for number, row in enumerate(reader, start=1):
+            # DictReader puts surplus cells under the key None; keep them visible, not as a column.
+            surplus = row.pop(None, None)  # type: ignore[call-overload]
+            if surplus:
+                row["_extra_cells"] = surplus
+            yield number, row
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[int, Any]]:
+    yield from enumerate(pq.read_table(path).to_pylist(), start=1)
+
+
+def _read_hf_dataset(path: Path, split: str | None) -> Iterator[tuple[int, Any]]:
+    import datasets
+
+    loaded = datasets.load_from_disk(str(path))
+    if isinstance(loaded, datasets.DatasetDict):
+        splits = list(loaded)
+        if split is None and len(splits) == 1:
+            split = splits[0]
+        if split not in loaded:
+            raise ImportFormatError(f"{path}: choose a split with --split ({', '.join(splits)})")
+        loaded = loaded[split]
+    yield from enumerate(loaded, start=1)
+
+
+def read_source(path: Path, split: str | None = None) -> Iterator[tuple[int, Any]]:
+    """Yield (row_number, row) from a supported file; unreadable rows come as Rejection values."""
+    if not path.exists():
+        raise ImportFormatError(f"{path}: no such file or directory")
+    if path.is_dir():
+        if not ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+            raise ImportFormatError(f"{path}: a directory must be a Hugging Face dataset saved with save_to_disk")
+        return _read_hf_dataset(path, split)
+    suffix = path.suffix.lower()
+    readers = {".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet, ".pq": _read_parquet}
+    if suffix in JSONL_SUFFIXES:
+        return _read_jsonl(path)
+    if suffix in readers:
+        return readers[suffix](path)
+    raise ImportFormatError(f"{path}: unsupported format {suffix!r}; use .jsonl, .json, .csv, .parquet or a dataset dir")
+
+
+def _answer_text(value: Any) -> str | None:
+    """A gold answer as text, or None when the value is not a string or a finite number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, str):
+        return value.strip()
+    return None
+
+
+def normalize_question(question: str) -> str:
+    """Whitespace-collapsed question text, the identity used for deduplication."""
+    return " ".join(question.split())
+
+
+def query_id_for(question: str) -> str:
+    """Stable id of a query: a hash of its normalized question."""
+    return "q" + hashlib.sha1(normalize_question(question).encode()).hexdigest()[:16]
+
+
+def to_query(number: int, row: Any, mapping: FieldMapping, source: str) -> dict[str, Any] | Rejection:
+    """Map one source row onto the queries schema, or explain why it cannot be."""
+    if isinstance(row, Rejection):
+        return row
+    if not isinstance(row, dict):
+        return Rejection(number, "not_an_object", f"expected an object, got {type(row).__name__}", _raw(row))
+    raw = _raw(row)
+    question = row.get(mapping.question)
+    if question is None:
+        return Rejection(number, "missing_question", f"no {mapping.question!r} field", raw)
+    if not isinstance(question, str):
+        return Rejection(number, "wrong_type_question", f"{mapping.question!r} is {type(question).__name__}, "
+                         "expected a string", raw)
+    if not question.strip():
+        return Rejection(number, "empty_question", f"{mapping.question!r} is empty", raw)
+    answer = row.get(mapping.answer)
+    if answer is None:
+        return Rejection(number, "missing_answer", f"no {mapping.answer!r} field", raw)
+    values = answer if isinstance(answer, list) else [answer]
+    answers = [_answer_text(value) for value in values]
+    if any(text is None for text in answers):
+        bad = next(value for value, text in zip(values, answers, strict=True) if text is None)
+        return Rejection(number, "wrong_type_answer", f"{mapping.answer!r} holds {type(bad).__name__} {bad!r}, "
+                         "expected a string or a finite number (or a list of them)", raw)
+    answers = [text for text in answers if text]
+    if not answers:
+        return Rejection(number, "empty_answer", f"{mapping.answer!r} is empty", raw)
+    task = row.get(mapping.task) or mapping.default_task
+    if task not in TASKS:
+        return Rejection(number, "invalid_task", f"task {task!r} is not one of {', '.join(TASKS)}", raw)
+    source_id = row.get(mapping.id)
+    mapped = {mapping.question, mapping.answer, mapping.id, mapping.task}
+    extra = {key: value for key, value in row.items() if key not in mapped}
+    return {
+        "query_id": query_id_for(question),
+        "source_id": None if source_id is None else str(source_id),
+        "question": question.strip(),
+        "answer": answers[0],
+        "answers": answers,
+        "task": task,
+        "source": source,
+        "metadata": _raw(extra) if extra else None,
+    }
+
+
+def _fingerprint(path: Path, mapping: FieldMapping) -> str:
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(file.name.encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return config_hash({"content": digest.hexdigest(), "mapping": mapping.__dict__})
+
+
+def import_queries(lake: Lake, path: str | Path, dataset: str, mapping: FieldMapping | None = None) -> ImportReport:
+    """Import a question/answer file as the next version of `queries/<dataset>`."""
+    mapping = mapping or FieldMapping()
+    if mapping.default_task not in TASKS:
+        raise ImportFormatError(f"--task must be one of {', '.join(TASKS)}, got {mapping.default_task!r}")
+    path = Path(path)
+    source = str(path)
+    report = ImportReport(dataset=dataset, source=source)
+    fingerprint = _fingerprint(path, mapping) if path.exists() else ""
+    previous = lake.versions("queries", dataset)
+    for info in previous:
+        if info.stage == STAGE and info.config_hash == fingerprint:
+            report.already_imported = info
+            return report
+
+    existing_rows = lake.read(previous[-1]).to_pylist() if previous else []
+    existing_ids = {row["query_id"] for row in existing_rows}
+    first_seen: dict[str, tuple[int, list[str]]] = {}
+    new_rows = []
+    for number, row in read_source(path, mapping.split):
+        report.rows_read += 1
+        query = to_query(number, row, mapping, source)
+        if isinstance(query, Rejection):
+            report.rejected.append(query)
+            continue
+        query_id = query["query_id"]
+        if query_id in existing_ids:
+            report.duplicates_of_existing += 1
+            report.rejected.append(Rejection(number, "duplicate_existing",
+                                             f"question already in {previous[-1].version_id}", _raw(row)))
+            continue
+        if query_id in first_seen:
+            first_row, first_answers = first_seen[query_id]
+            conflict = " with a different answer" if first_answers != query["answers"] else ""
+            report.rejected.append(Rejection(number, "duplicate_question",
+                                             f"same question as row {first_row}{conflict}", _raw(row)))
+            continue
+        first_seen[query_id] = (number, query["answers"])
+        new_rows.append(query)
+
+    report.imported = len(new_rows)
+    lineage = Lineage(stage=STAGE, config_hash=fingerprint,
+                      input_versions=(previous[-1].version_id,) if previous else ())
+    with lake.transaction(lineage) as batch:
+        if new_rows:
+            batch.write("queries", dataset, existing_rows + new_rows)
+        if report.rejected:
+            batch.write("rejected_inputs", dataset, [
+                {"stage": STAGE, "source": source, "row_number": r.row_number, "reason": r.reason,
+                 "detail": r.detail, "raw": r.raw}
+                for r in report.rejected
+            ])
+    for info in batch.committed:
+        if info.table_name == "queries":
+            report.queries_version = info
+        else:
+            report.rejected_version = info
+    return report
