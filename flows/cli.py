@@ -22,8 +22,10 @@ config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (files, grep, tests) gets wide tables instead of rich's 80-column default.
+_PIPE_WIDTH = None if sys.stdout.isatty() else 240
+console = Console(soft_wrap=True, width=_PIPE_WIDTH)
+err_console = Console(stderr=True, soft_wrap=True, width=_PIPE_WIDTH)
 
 DEFAULT_BENCHMARKS_DIR = PROJECT_ROOT.parent / "shared" / "data" / "benchmarks"
 

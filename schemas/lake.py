@@ -418,7 +418,7 @@ class Lake:
     def _query(self, query: str, params: list[Any]) -> pa.Table:
         for attempt in _retrying(20):
             with attempt, self.connect(read_only=True) as con:
-                return con.execute(query, params).fetch_arrow_table()
+                return con.execute(query, params).to_arrow_table()
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
 

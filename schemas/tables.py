@@ -235,11 +235,18 @@ def payload_schema(table: str) -> pa.Schema:
     return schema.remove(schema.get_field_index(VERSION_COLUMN))
 
 
-def _first_bad_element(table: str, field: pa.Field, values: Sequence[Any]) -> SchemaError:
-    for index, value in enumerate(values):
+def _first_bad_element(table: str, field: pa.Field, values: Sequence[Any] | pa.ChunkedArray) -> SchemaError:
+    """Find the first element that does not convert (Arrow values by Arrow cast, Python values by pa.array)."""
+    arrow = isinstance(values, pa.ChunkedArray)
+    for index in range(len(values)):
         try:
-            pa.array([value], type=field.type)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as exc:
+            if arrow:
+                values.slice(index, 1).cast(field.type, safe=True)
+            else:
+                pa.array([values[index]], type=field.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, TypeError, ValueError,
+                OverflowError) as exc:
+            value = values[index].as_py() if arrow else values[index]
             shown = repr(value)
             shown = shown if len(shown) <= 80 else shown[:77] + "..."
             return SchemaError(table, field.name, index, f"expected {field.type}, got {shown} ({exc})")
@@ -253,7 +260,7 @@ def _check_nulls(table: str, field: pa.Field, array: pa.Array | pa.ChunkedArray)
     if isinstance(nulls, pa.ChunkedArray):
         nulls = nulls.combine_chunks()
     first = nulls.to_numpy(zero_copy_only=False).argmax()
-    raise SchemaError(table, field.name, int(first), "null in a required column")
+    raise SchemaError(table, field.name, int(first), "missing or null in a required column")
 
 
 def _from_rows(table: str, schema: pa.Schema, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
@@ -292,7 +299,7 @@ def _from_arrow(table: str, schema: pa.Schema, data: pa.Table) -> pa.Table:
             try:
                 column = column.cast(field.type, safe=True)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-                raise _first_bad_element(table, field, column.to_pylist()) from None
+                raise _first_bad_element(table, field, column) from None
         _check_nulls(table, field, column)
         columns.append(column)
     return pa.Table.from_arrays(columns, schema=schema)

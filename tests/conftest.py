@@ -1,0 +1,51 @@
+"""Shared fixtures: an isolated data directory and lake per test, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from schemas.lake import Lake
+
+TESTS_DIR = Path(__file__).parent
+FIXTURES = TESTS_DIR / "fixtures"
+SHARED_DATA = TESTS_DIR.parent.parent / "shared" / "data"
+
+
+@pytest.fixture()
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh AUTOTRAJ_HOME for this test."""
+    path = tmp_path / "home"
+    monkeypatch.setenv("AUTOTRAJ_HOME", str(path))
+    return path
+
+
+@pytest.fixture()
+def lake(home: Path) -> Lake:
+    """A lake in the test's data directory."""
+    return Lake(home)
+
+
+@pytest.fixture()
+def cli(home: Path):
+    """Invoke `autotraj …` in-process against the test's data directory."""
+    from flows.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(app, list(args), catch_exceptions=False)
+
+    return invoke
+
+
+def run_worker(*args: str, home: Path) -> subprocess.Popen[str]:
+    """Start tests/lake_worker.py in its own process against `home`."""
+    env = {**os.environ, "AUTOTRAJ_HOME": str(home)}
+    return subprocess.Popen([sys.executable, str(TESTS_DIR / "lake_worker.py"), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,0 +1,49 @@
+"""A separate writer process for the lake's concurrency and crash tests.
+
+usage: lake_worker.py versions DATASET COUNT ROWS     one transaction per version
+       lake_worker.py one-transaction DATASET COUNT ROWS   all versions in a single transaction
+Prints `ready` just before writing and `done` after.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from schemas.lake import Lake, Lineage
+
+
+def queries(rows: int, tag: str) -> pa.Table:
+    ids = pc.cast(pa.array(range(rows)), pa.string())
+    return pa.table({
+        "query_id": pc.binary_join_element_wise(pa.scalar(tag), ids, ""),
+        "question": pc.binary_join_element_wise(pa.scalar("what is the value of item number "), ids, ""),
+        "answer": pa.array(["1"] * rows),
+        "answers": pa.array([["1"]] * rows),
+        "task": pa.array(["math"] * rows),
+    })
+
+
+def main() -> None:
+    mode, dataset, count, rows = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    lake = Lake(os.environ["AUTOTRAJ_HOME"])
+    lake.initialize()
+    data = queries(rows, f"{dataset}-{os.getpid()}-")
+    print("ready", flush=True)
+    if mode == "versions":
+        for _ in range(count):
+            lake.write("queries", dataset, data, Lineage(stage="worker"))
+    elif mode == "one-transaction":
+        with lake.transaction(Lineage(stage="worker")) as batch:
+            for _ in range(count):
+                batch.write("queries", dataset, data)
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+    print("done", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Configuration: paper defaults, profiles, overrides, and unknown keys named in errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from schemas.config import PROFILES_DIR, ConfigError, PipelineConfig, load_config
+
+
+def test_defaults_are_the_papers_constants() -> None:
+    config = PipelineConfig()
+    assert (config.rollout.n, config.rollout.max_tool_calls, config.rollout.max_turns) == (4, 3, 10)
+    assert config.score.weights.model_dump() == {"confidence": 0.4, "length": 0.3, "repetition": 0.3}
+    assert config.score.hedging_words == ["maybe", "unsure", "guess", "seems", "perhaps", "probably", "might",
+                                          "likely", "recheck"]
+    assert (config.score.length_sigma_ratio, config.score.repetition_ngram, config.score.repetition_min_words) == (
+        0.5, 3, 6)
+    assert (config.score.all_high_quality_threshold, config.score.best_high_quality_threshold) == (0.90, 0.86)
+    assert (config.repair.accept_threshold_correct_low_quality, config.repair.accept_threshold_wrong) == (0.86, 0.80)
+    assert config.repair.max_attempts == 1
+    assert (config.reward_model.method, config.reward_model.lora_r) == ("lora", 8)
+    assert config.grpo.num_generations == 4
+    assert (config.grpo.format_penalty, config.grpo.rm_bonus_weight, config.grpo.reward_clip) == (-1.0, 0.2, 3.0)
+    assert config.evaluate.temperature == 0.0
+
+
+@pytest.mark.parametrize("profile", sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
+def test_every_profile_in_deployments_loads(profile: str) -> None:
+    assert isinstance(load_config(profile), PipelineConfig)
+
+
+def test_cpu_is_the_default_profile_and_keeps_paper_constants() -> None:
+    config = load_config()
+    assert config.rollout.backend == "transformers"
+    assert config.score == PipelineConfig().score
+
+
+def test_overrides_parse_values_as_yaml() -> None:
+    config = load_config("cpu", ["rollout.n=8", "score.weights.confidence=0.5",
+                                 "evaluate.benchmarks=[gsm8k_test, svamp]", "runtime.ray_address=auto"])
+    assert config.rollout.n == 8
+    assert config.score.weights.confidence == 0.5
+    assert config.evaluate.benchmarks == ["gsm8k_test", "svamp"]
+    assert config.runtime.ray_address == "auto"
+
+
+def test_unknown_override_key_is_named_with_a_suggestion() -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key 'rollout\.max_tool_call' \(did you mean "
+                                          r"'rollout\.max_tool_calls'\?\)"):
+        load_config("cpu", ["rollout.max_tool_call=2"])
+    with pytest.raises(ConfigError, match="unknown config key 'nonsense'"):
+        load_config("cpu", ["nonsense.x=1"])
+
+
+def test_unknown_key_in_a_profile_file_is_named(tmp_path: Path) -> None:
+    profile = tmp_path / "mine.yaml"
+    profile.write_text("score:\n  weights:\n    confidnce: 0.5\n")
+    with pytest.raises(ConfigError, match=r"mine\.yaml: unknown config key 'score\.weights\.confidnce'"):
+        load_config(profile)
+
+
+def test_bad_values_and_malformed_overrides_are_errors() -> None:
+    with pytest.raises(ConfigError, match=r"config key 'rollout\.n'"):
+        load_config("cpu", ["rollout.n=zero"])
+    with pytest.raises(ConfigError, match="must look like key.path=value"):
+        load_config("cpu", ["rollout.n"])
+    with pytest.raises(ConfigError, match="unknown profile 'nope'"):
+        load_config("nope")
+
+
+def test_data_dir_follows_autotraj_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("AUTOTRAJ_HOME", str(tmp_path / "elsewhere"))
+    assert load_config().runtime.data_dir == str(tmp_path / "elsewhere")
+    monkeypatch.delenv("AUTOTRAJ_HOME")
+    assert load_config().runtime.data_dir == "./.autotraj"
+
+
+def test_section_hash_changes_with_the_section_only() -> None:
+    base = PipelineConfig()
+    changed = load_config("cpu", ["rollout.n=5"])
+    assert base.section_hash("rollout") != changed.section_hash("rollout")
+    assert base.section_hash("score") == changed.section_hash("score")
