@@ -15,8 +15,11 @@ from rich.table import Table
 
 from schemas.config import PROJECT_ROOT, ConfigError, PipelineConfig, load_config
 
-app = typer.Typer(help="AutoTraj: repair and reward tool-use trajectories for tool-integrated reasoning.",
-                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+app = typer.Typer(
+    help="AutoTraj: repair and reward tool-use trajectories for tool-integrated reasoning.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 data_app = typer.Typer(help="Bring question/answer sets into the lake.", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -39,8 +42,9 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 def main(
     ctx: typer.Context,
     profile: Annotated[str, typer.Option("--profile", "-p", help="Profile in deployments/ or a YAML path.")] = "cpu",
-    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a config key: section.key=value.")
-                         ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key: section.key=value.")
+    ] = None,
 ) -> None:
     """Global options shared by every command."""
     ctx.obj = {"profile": profile, "overrides": list(overrides or [])}
@@ -53,7 +57,7 @@ def _config(ctx: typer.Context) -> PipelineConfig:
         raise _fail(str(exc)) from None
 
 
-def _lake(ctx: typer.Context):  # noqa: ANN202 - imported lazily to keep `--help` fast
+def _lake(ctx: typer.Context):
     from schemas.lake import Lake
 
     return Lake.from_config(_config(ctx).runtime)
@@ -77,26 +81,33 @@ def data_import(
     """Import queries; malformed, empty and duplicate rows go to rejected_inputs with a reason."""
     from tasks.import_queries import FieldMapping, ImportFormatError, import_queries
 
-    mapping = FieldMapping(question=question_field, answer=answer_field, id=id_field, task=task_field,
-                           default_task=task, split=split)
+    mapping = FieldMapping(
+        question=question_field, answer=answer_field, id=id_field, task=task_field, default_task=task, split=split
+    )
     try:
         report = import_queries(_lake(ctx), path, name, mapping)
     except (ImportFormatError, ValueError) as exc:
         raise _fail(str(exc)) from None
     if report.already_imported is not None:
-        console.print(f"{path} is already imported as [bold]{report.already_imported.version_id}[/] "
-                      f"({report.already_imported.row_count} queries); nothing to do.")
+        console.print(
+            f"{path} is already imported as [bold]{report.already_imported.version_id}[/] "
+            f"({report.already_imported.row_count} queries); nothing to do."
+        )
         return
-    console.print(f"read {report.rows_read} rows from {path}: [green]{report.imported} imported[/], "
-                  f"[yellow]{len(report.rejected)} rejected[/]")
+    console.print(
+        f"read {report.rows_read} rows from {path}: [green]{report.imported} imported[/], "
+        f"[yellow]{len(report.rejected)} rejected[/]"
+    )
     if report.rejected:
         reasons = Table("reason", "rows", title="rejected rows (see the rejected_inputs table)")
         for reason, count in report.reason_counts.most_common():
             reasons.add_row(reason, str(count))
         console.print(reasons)
     if report.queries_version is not None:
-        console.print(f"wrote [bold]{report.queries_version.version_id}[/] "
-                      f"({report.queries_version.row_count} queries in this version)")
+        console.print(
+            f"wrote [bold]{report.queries_version.version_id}[/] "
+            f"({report.queries_version.row_count} queries in this version)"
+        )
     if report.nothing_importable:
         raise _fail(f"nothing importable in {path}", code=1)
 
@@ -117,8 +128,7 @@ def tables(
     by_table: dict[str, list[Any]] = defaultdict(list)
     for info in infos:
         by_table[info.table_name].append(info)
-    summary = Table("table", "datasets", "versions", "rows (latest)", "last written",
-                    title=f"lake at {lake.lake_dir}")
+    summary = Table("table", "datasets", "versions", "rows (latest)", "last written", title=f"lake at {lake.lake_dir}")
     for table in VERSIONED_TABLES:
         entries = by_table.get(table, [])
         latest: dict[str, Any] = {}
@@ -126,16 +136,29 @@ def tables(
             latest[info.dataset] = info
         rows = sum(info.row_count for info in latest.values())
         when = max((info.created_at for info in entries), default=None)
-        summary.add_row(table, ", ".join(sorted(latest)) or "-", str(len(entries)), str(rows),
-                        when.strftime("%Y-%m-%d %H:%M:%S") if when else "-")
+        summary.add_row(
+            table,
+            ", ".join(sorted(latest)) or "-",
+            str(len(entries)),
+            str(rows),
+            when.strftime("%Y-%m-%d %H:%M:%S") if when else "-",
+        )
     console.print(summary)
     if versions:
-        detail = Table("version", "stage", "run", "rows", "inputs", "config", "flow run", "written",
-                       title="versions and lineage")
+        detail = Table(
+            "version", "stage", "run", "rows", "inputs", "config", "flow run", "written", title="versions and lineage"
+        )
         for info in infos:
-            detail.add_row(info.version_id, info.stage, info.run_id, str(info.row_count),
-                           ", ".join(info.input_versions) or "-", info.config_hash or "-",
-                           info.prefect_flow_run_id or "-", info.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+            detail.add_row(
+                info.version_id,
+                info.stage,
+                info.run_id,
+                str(info.row_count),
+                ", ".join(info.input_versions) or "-",
+                info.config_hash or "-",
+                info.prefect_flow_run_id or "-",
+                info.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            )
         console.print(detail)
 
 
@@ -162,7 +185,9 @@ def _print_arrow(result: Any, output_format: str, max_rows: int) -> None:
 @app.command()
 def sql(
     ctx: typer.Context,
-    query: Annotated[str, typer.Argument(help="SQL over the views: <table> (latest), <table>_all, runs, lake.<table>.")],
+    query: Annotated[
+        str, typer.Argument(help="SQL over the views: <table> (latest), <table>_all, runs, lake.<table>.")
+    ],
     output_format: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
     max_rows: Annotated[int, typer.Option(help="Rows shown in table format.")] = 50,
 ) -> None:
@@ -186,13 +211,20 @@ def attach(ctx: typer.Context) -> None:
     lake: Lake = _lake(ctx)
     lake.initialize()
     ducklake = _extension_file("duckdb_extension_ducklake", "ducklake.duckdb_extension")
-    catalog_ext = lake.data_dir / "duckdb_extensions" / (
-        "sqlite_scanner.duckdb_extension" if lake.catalog_url.startswith("sqlite:")
-        else "postgres_scanner.duckdb_extension")
+    catalog_ext = (
+        lake.data_dir
+        / "duckdb_extensions"
+        / (
+            "sqlite_scanner.duckdb_extension"
+            if lake.catalog_url.startswith("sqlite:")
+            else "postgres_scanner.duckdb_extension"
+        )
+    )
     console.print("-- start duckdb with unsigned extensions allowed: duckdb -unsigned", markup=False)
     console.print(f"LOAD '{ducklake}';\nLOAD '{catalog_ext}';", markup=False)
-    console.print(f"ATTACH 'ducklake:{lake.catalog_url}' AS lake (DATA_PATH '{lake.data_path}/', READ_ONLY);",
-                  markup=False)
+    console.print(
+        f"ATTACH 'ducklake:{lake.catalog_url}' AS lake (DATA_PATH '{lake.data_path}/', READ_ONLY);", markup=False
+    )
     console.print("SELECT * FROM lake.runs ORDER BY created_at DESC LIMIT 10;", markup=False)
 
 
@@ -221,10 +253,15 @@ def config_show(
 @app.command()
 def quickstart(
     ctx: typer.Context,
-    benchmarks_dir: Annotated[Path, typer.Option(help="Directory of benchmark .jsonl files to import.")] = Path(
-        os.environ.get("AUTOTRAJ_BENCHMARKS", str(DEFAULT_BENCHMARKS_DIR))),
+    benchmarks_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Directory of benchmark .jsonl files [default: $AUTOTRAJ_BENCHMARKS or ../shared/data/benchmarks]."
+        ),
+    ] = None,
 ) -> None:
     """The main job on the embedded default: import the bundled benchmarks and show the lake."""
+    benchmarks_dir = benchmarks_dir or Path(os.environ.get("AUTOTRAJ_BENCHMARKS", DEFAULT_BENCHMARKS_DIR))
     if not benchmarks_dir.is_dir():
         raise _fail(f"benchmark directory {benchmarks_dir} not found; pass --benchmarks-dir or set AUTOTRAJ_BENCHMARKS")
     files = sorted(benchmarks_dir.glob("*.jsonl"))
@@ -235,10 +272,17 @@ def quickstart(
         ctx.invoke(data_import, ctx=ctx, path=file, name=file.stem)
     console.rule("the lake")
     ctx.invoke(tables, ctx=ctx, versions=False)
-    ctx.invoke(sql, ctx=ctx, query="SELECT dataset, task, count(*) AS queries FROM queries GROUP BY ALL ORDER BY 1",
-               output_format="table", max_rows=50)
-    console.print("next: [bold]autotraj tables --versions[/], [bold]autotraj sql \"select * from queries limit 5\"[/], "
-                  "[bold]autotraj attach[/]")
+    ctx.invoke(
+        sql,
+        ctx=ctx,
+        query="SELECT dataset, task, count(*) AS queries FROM queries GROUP BY ALL ORDER BY 1",
+        output_format="table",
+        max_rows=50,
+    )
+    console.print(
+        'next: [bold]autotraj tables --versions[/], [bold]autotraj sql "select * from queries limit 5"[/], '
+        "[bold]autotraj attach[/]"
+    )
 
 
 if __name__ == "__main__":

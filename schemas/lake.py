@@ -167,8 +167,12 @@ class WriteBatch:
 class Lake:
     """A DuckLake lake: a catalog (SQLite by default, Postgres for clusters) and Parquet data files."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], catalog_url: str | None = None,
-                 data_path: str | os.PathLike[str] | None = None):
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        catalog_url: str | None = None,
+        data_path: str | os.PathLike[str] | None = None,
+    ):
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.lake_dir = self.data_dir / "lake"
         self.catalog_url = catalog_url or f"sqlite:{self.lake_dir / 'catalog.sqlite'}"
@@ -183,12 +187,16 @@ class Lake:
     # -- connections -------------------------------------------------------------------------------
 
     def _load_extensions(self, con: duckdb.DuckDBPyConnection) -> None:
-        con.execute(f"LOAD {_sql_string(str(_extension_file('duckdb_extension_ducklake', 'ducklake.duckdb_extension')))}")
+        ducklake = _extension_file("duckdb_extension_ducklake", "ducklake.duckdb_extension")
+        con.execute(f"LOAD {_sql_string(str(ducklake))}")
         if self.catalog_url.startswith("sqlite:"):
             package, source, name = "duckdb_extension_sqlite", "sqlite.duckdb_extension", "sqlite_scanner"
         elif self.catalog_url.startswith("postgres:"):
-            package, source, name = ("duckdb_extension_postgres_scanner", "postgres_scanner.duckdb_extension",
-                                     "postgres_scanner")
+            package, source, name = (
+                "duckdb_extension_postgres_scanner",
+                "postgres_scanner.duckdb_extension",
+                "postgres_scanner",
+            )
         else:
             raise LakeError(f"unsupported lake catalog {self.catalog_url!r}: use sqlite:PATH or postgres:DSN")
         # DuckDB checks that a loaded file's name matches the extension's entry point, and the
@@ -289,8 +297,9 @@ class Lake:
         if batch.pending:
             batch.committed.extend(self._commit(batch.pending, lineage))
 
-    def write(self, table: str, dataset: str, data: pa.Table | Iterable[Mapping[str, Any]],
-              lineage: Lineage) -> VersionInfo:
+    def write(
+        self, table: str, dataset: str, data: pa.Table | Iterable[Mapping[str, Any]], lineage: Lineage
+    ) -> VersionInfo:
         """Write one new version of `table/dataset` with its lineage; return its record."""
         with self.transaction(lineage) as batch:
             batch.write(table, dataset, data)
@@ -310,8 +319,9 @@ class Lake:
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     @staticmethod
-    def _insert_versions(con: duckdb.DuckDBPyConnection, writes: list[_PendingWrite], lineage: Lineage,
-                         flow_run_id: str | None) -> list[VersionInfo]:
+    def _insert_versions(
+        con: duckdb.DuckDBPyConnection, writes: list[_PendingWrite], lineage: Lineage, flow_run_id: str | None
+    ) -> list[VersionInfo]:
         con.execute("BEGIN TRANSACTION")
         try:
             infos = []
@@ -362,8 +372,9 @@ class Lake:
 
     # -- reads -------------------------------------------------------------------------------------
 
-    def versions(self, table: str | None = None, dataset: str | None = None,
-                 run_id: str | None = None) -> list[VersionInfo]:
+    def versions(
+        self, table: str | None = None, dataset: str | None = None, run_id: str | None = None
+    ) -> list[VersionInfo]:
         """Committed versions, oldest first, optionally filtered by table, dataset or run."""
         clauses, params = [], []
         for column, value in (("table_name", table), ("dataset", dataset), ("run_id", run_id)):

@@ -244,8 +244,14 @@ def _first_bad_element(table: str, field: pa.Field, values: Sequence[Any] | pa.C
                 values.slice(index, 1).cast(field.type, safe=True)
             else:
                 pa.array([values[index]], type=field.type)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, TypeError, ValueError,
-                OverflowError) as exc:
+        except (
+            pa.ArrowInvalid,
+            pa.ArrowNotImplementedError,
+            pa.ArrowTypeError,
+            TypeError,
+            ValueError,
+            OverflowError,
+        ) as exc:
             value = values[index].as_py() if arrow else values[index]
             shown = repr(value)
             shown = shown if len(shown) <= 80 else shown[:77] + "..."

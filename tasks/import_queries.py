@@ -93,8 +93,12 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
             try:
                 yield number, json.loads(line)
             except json.JSONDecodeError as exc:
-                yield number, Rejection(number, "invalid_json", f"not valid JSON: {exc.msg} at column {exc.colno}",
-                                        line.rstrip("\n"))
+                yield (
+                    number,
+                    Rejection(
+                        number, "invalid_json", f"not valid JSON: {exc.msg} at column {exc.colno}", line.rstrip("\n")
+                    ),
+                )
 
 
 def _read_json(path: Path) -> Iterator[tuple[int, Any]]:
@@ -158,7 +162,9 @@ def read_source(path: Path, split: str | None = None) -> Iterator[tuple[int, Any
         return _read_jsonl(path)
     if suffix in readers:
         return readers[suffix](path)
-    raise ImportFormatError(f"{path}: unsupported format {suffix!r}; use .jsonl, .json, .csv, .parquet or a dataset dir")
+    raise ImportFormatError(
+        f"{path}: unsupported format {suffix!r}; use .jsonl, .json, .csv, .parquet or a dataset dir"
+    )
 
 
 def _answer_text(value: Any) -> str | None:
@@ -197,8 +203,9 @@ def to_query(number: int, row: Any, mapping: FieldMapping, source: str) -> dict[
     if question is None:
         return Rejection(number, "missing_question", f"no {mapping.question!r} field", raw)
     if not isinstance(question, str):
-        return Rejection(number, "wrong_type_question", f"{mapping.question!r} is {type(question).__name__}, "
-                         "expected a string", raw)
+        return Rejection(
+            number, "wrong_type_question", f"{mapping.question!r} is {type(question).__name__}, expected a string", raw
+        )
     if not question.strip():
         return Rejection(number, "empty_question", f"{mapping.question!r} is empty", raw)
     answer = row.get(mapping.answer)
@@ -208,8 +215,13 @@ def to_query(number: int, row: Any, mapping: FieldMapping, source: str) -> dict[
     answers = [_answer_text(value) for value in values]
     if any(text is None for text in answers):
         bad = next(value for value, text in zip(values, answers, strict=True) if text is None)
-        return Rejection(number, "wrong_type_answer", f"{mapping.answer!r} holds {type(bad).__name__} {bad!r}, "
-                         "expected a string or a finite number (or a list of them)", raw)
+        return Rejection(
+            number,
+            "wrong_type_answer",
+            f"{mapping.answer!r} holds {type(bad).__name__} {bad!r}, "
+            "expected a string or a finite number (or a list of them)",
+            raw,
+        )
     answers = [text for text in answers if text]
     if not answers:
         return Rejection(number, "empty_answer", f"{mapping.answer!r} is empty", raw)
@@ -270,30 +282,43 @@ def import_queries(lake: Lake, path: str | Path, dataset: str, mapping: FieldMap
         query_id = query["query_id"]
         if query_id in existing_ids:
             report.duplicates_of_existing += 1
-            report.rejected.append(Rejection(number, "duplicate_existing",
-                                             f"question already in {previous[-1].version_id}", _raw(row)))
+            report.rejected.append(
+                Rejection(number, "duplicate_existing", f"question already in {previous[-1].version_id}", _raw(row))
+            )
             continue
         if query_id in first_seen:
             first_row, first_answers = first_seen[query_id]
             conflict = " with a different answer" if first_answers != query["answers"] else ""
-            report.rejected.append(Rejection(number, "duplicate_question",
-                                             f"same question as row {first_row}{conflict}", _raw(row)))
+            report.rejected.append(
+                Rejection(number, "duplicate_question", f"same question as row {first_row}{conflict}", _raw(row))
+            )
             continue
         first_seen[query_id] = (number, query["answers"])
         new_rows.append(query)
 
     report.imported = len(new_rows)
-    lineage = Lineage(stage=STAGE, config_hash=fingerprint,
-                      input_versions=(previous[-1].version_id,) if previous else ())
+    lineage = Lineage(
+        stage=STAGE, config_hash=fingerprint, input_versions=(previous[-1].version_id,) if previous else ()
+    )
     with lake.transaction(lineage) as batch:
         if new_rows:
             batch.write("queries", dataset, existing_rows + new_rows)
         if report.rejected:
-            batch.write("rejected_inputs", dataset, [
-                {"stage": STAGE, "source": source, "row_number": r.row_number, "reason": r.reason,
-                 "detail": r.detail, "raw": r.raw}
-                for r in report.rejected
-            ])
+            batch.write(
+                "rejected_inputs",
+                dataset,
+                [
+                    {
+                        "stage": STAGE,
+                        "source": source,
+                        "row_number": r.row_number,
+                        "reason": r.reason,
+                        "detail": r.detail,
+                        "raw": r.raw,
+                    }
+                    for r in report.rejected
+                ],
+            )
     for info in batch.committed:
         if info.table_name == "queries":
             report.queries_version = info

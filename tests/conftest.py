@@ -47,5 +47,10 @@ def cli(home: Path):
 def run_worker(*args: str, home: Path) -> subprocess.Popen[str]:
     """Start tests/lake_worker.py in its own process against `home`."""
     env = {**os.environ, "AUTOTRAJ_HOME": str(home)}
-    return subprocess.Popen([sys.executable, str(TESTS_DIR / "lake_worker.py"), *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(TESTS_DIR / "lake_worker.py"), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

@@ -18,13 +18,15 @@ from schemas.lake import Lake, Lineage
 
 def queries(rows: int, tag: str) -> pa.Table:
     ids = pc.cast(pa.array(range(rows)), pa.string())
-    return pa.table({
-        "query_id": pc.binary_join_element_wise(pa.scalar(tag), ids, ""),
-        "question": pc.binary_join_element_wise(pa.scalar("what is the value of item number "), ids, ""),
-        "answer": pa.array(["1"] * rows),
-        "answers": pa.array([["1"]] * rows),
-        "task": pa.array(["math"] * rows),
-    })
+    return pa.table(
+        {
+            "query_id": pc.binary_join_element_wise(pa.scalar(tag), ids, ""),
+            "question": pc.binary_join_element_wise(pa.scalar("what is the value of item number "), ids, ""),
+            "answer": pa.array(["1"] * rows),
+            "answers": pa.array([["1"]] * rows),
+            "task": pa.array(["math"] * rows),
+        }
+    )
 
 
 def main() -> None:

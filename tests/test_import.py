@@ -16,9 +16,19 @@ from tests.conftest import FIXTURES, SHARED_DATA
 
 MESSY = FIXTURES / "messy_queries.jsonl"
 EXPECTED_REJECTIONS = {
-    4: "missing_question", 5: "missing_answer", 6: "wrong_type_question", 7: "wrong_type_answer",
-    8: "empty_question", 9: "empty_answer", 10: "empty_row", 11: "invalid_json", 12: "not_an_object",
-    13: "duplicate_question", 14: "duplicate_question", 15: "invalid_task", 18: "wrong_type_answer",
+    4: "missing_question",
+    5: "missing_answer",
+    6: "wrong_type_question",
+    7: "wrong_type_answer",
+    8: "empty_question",
+    9: "empty_answer",
+    10: "empty_row",
+    11: "invalid_json",
+    12: "not_an_object",
+    13: "duplicate_question",
+    14: "duplicate_question",
+    15: "invalid_task",
+    18: "wrong_type_answer",
     19: "empty_answer",
 }
 CLEAN = [
@@ -42,8 +52,9 @@ def test_messy_file_exact_counts_and_reasons(lake: Lake) -> None:
     assert queries[2]["answers"] == ["William Shakespeare", "Shakespeare"] and queries[2]["task"] == "qa"
     assert queries[4]["answers"] == ["2.5", "5/2"] and json.loads(queries[4]["metadata"]) == {"level": 2}
     # Rejected rows are stored with their raw text, nothing is lost.
-    stored = lake.sql("SELECT row_number, reason, raw FROM rejected_inputs WHERE dataset = 'messy' "
-                      "ORDER BY row_number").to_pylist()
+    stored = lake.sql(
+        "SELECT row_number, reason, raw FROM rejected_inputs WHERE dataset = 'messy' ORDER BY row_number"
+    ).to_pylist()
     assert {row["row_number"]: row["reason"] for row in stored} == EXPECTED_REJECTIONS
     assert stored[7]["raw"] == '{"id": "a11", "question": "broken'
     assert report.rejected_version.input_versions == ()
@@ -51,10 +62,20 @@ def test_messy_file_exact_counts_and_reasons(lake: Lake) -> None:
 
 def _write_all_formats(tmp_path: Path, rows: list[dict], fields: tuple[str, str] = ("question", "answer")) -> dict:
     question, answer = fields
-    renamed = [{("id" if k == "id" else question if k == "question" else answer if k == "answer" else k): v
-                for k, v in row.items()} for row in rows]
-    paths = {"jsonl": tmp_path / "q.jsonl", "json": tmp_path / "q.json", "csv": tmp_path / "q.csv",
-             "parquet": tmp_path / "q.parquet", "hf": tmp_path / "q_hf"}
+    renamed = [
+        {
+            ("id" if k == "id" else question if k == "question" else answer if k == "answer" else k): v
+            for k, v in row.items()
+        }
+        for row in rows
+    ]
+    paths = {
+        "jsonl": tmp_path / "q.jsonl",
+        "json": tmp_path / "q.json",
+        "csv": tmp_path / "q.csv",
+        "parquet": tmp_path / "q.parquet",
+        "hf": tmp_path / "q_hf",
+    }
     paths["jsonl"].write_text("".join(json.dumps(r) + "\n" for r in renamed))
     paths["json"].write_text(json.dumps({"data": renamed}))
     with paths["csv"].open("w", newline="") as handle:
@@ -100,27 +121,33 @@ def test_reimporting_never_duplicates_queries(lake: Lake, tmp_path: Path) -> Non
 
     # A different file with overlapping questions adds only the new ones.
     more = tmp_path / "more.jsonl"
-    more.write_text(json.dumps({"question": "What is 2+2?", "answer": "4"}) + "\n"
-                    + json.dumps({"question": "What is 5+5?", "answer": "10"}) + "\n")
+    more.write_text(
+        json.dumps({"question": "What is 2+2?", "answer": "4"})
+        + "\n"
+        + json.dumps({"question": "What is 5+5?", "answer": "10"})
+        + "\n"
+    )
     report = import_queries(lake, more, "messy")
     assert (report.imported, report.duplicates_of_existing) == (1, 1)
     assert report.reason_counts == {"duplicate_existing": 1}
     assert report.queries_version.version_id == "queries/messy@2"
     assert report.queries_version.input_versions == ("queries/messy@1",)
-    assert lake.sql("SELECT count(*) AS n, count(DISTINCT query_id) AS d FROM queries "
-                    "WHERE dataset = 'messy'").to_pylist() == [{"n": 6, "d": 6}]
+    assert lake.sql(
+        "SELECT count(*) AS n, count(DISTINCT query_id) AS d FROM queries WHERE dataset = 'messy'"
+    ).to_pylist() == [{"n": 6, "d": 6}]
 
 
 def test_unreadable_sources_are_clear_errors(lake: Lake, tmp_path: Path) -> None:
     with pytest.raises(ImportFormatError, match="no such file"):
         import_queries(lake, tmp_path / "absent.jsonl", "x")
     (tmp_path / "q.txt").write_text("hello")
-    with pytest.raises(ImportFormatError, match="unsupported format '.txt'"):
+    with pytest.raises(ImportFormatError, match=r"unsupported format '\.txt'"):
         import_queries(lake, tmp_path / "q.txt", "x")
     import datasets
 
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(CLEAN), "test": datasets.Dataset.from_list(CLEAN)}
-                         ).save_to_disk(str(tmp_path / "dd"))
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(CLEAN), "test": datasets.Dataset.from_list(CLEAN)}
+    ).save_to_disk(str(tmp_path / "dd"))
     with pytest.raises(ImportFormatError, match=r"choose a split with --split \(train, test\)"):
         import_queries(lake, tmp_path / "dd", "x")
     assert import_queries(lake, tmp_path / "dd", "x", FieldMapping(split="test")).imported == 3
@@ -137,13 +164,16 @@ def test_cli_import_prints_counts_and_exit_codes(cli, tmp_path: Path) -> None:
     result = cli("data", "import", str(junk), "--name", "junk")
     assert result.exit_code == 1
     assert "nothing importable" in result.output
-    counted = cli("sql", "SELECT reason FROM rejected_inputs WHERE dataset = 'junk' ORDER BY row_number",
-                  "--format", "json")
+    counted = cli(
+        "sql", "SELECT reason FROM rejected_inputs WHERE dataset = 'junk' ORDER BY row_number", "--format", "json"
+    )
     assert [r["reason"] for r in json.loads(counted.stdout)] == ["empty_question", "invalid_json"]
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "benchmarks" / "gsm8k_test.jsonl").exists(),
-                    reason="needs ../shared/data beside the checkout (CI and dev machines have it)")
+@pytest.mark.skipif(
+    not (SHARED_DATA / "benchmarks" / "gsm8k_test.jsonl").exists(),
+    reason="needs ../shared/data beside the checkout (CI and dev machines have it)",
+)
 def test_gsm8k_test_imports_all_1319_queries(cli) -> None:
     result = cli("data", "import", str(SHARED_DATA / "benchmarks" / "gsm8k_test.jsonl"), "--name", "gsm8k_test")
     assert result.exit_code == 0, result.output

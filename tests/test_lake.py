@@ -32,26 +32,39 @@ def test_write_read_and_time_travel(lake: Lake) -> None:
     # The plain view shows each dataset's latest version; `_all` keeps every committed one.
     assert lake.sql("SELECT count(*) AS n FROM queries")["n"].to_pylist() == [3]
     assert lake.sql("SELECT version, count(*) AS n FROM queries_all GROUP BY 1 ORDER BY 1").to_pylist() == [
-        {"version": 1, "n": 2}, {"version": 2, "n": 3}]
+        {"version": 1, "n": 2},
+        {"version": 2, "n": 3},
+    ]
     # Older states stay reachable through DuckLake's own snapshots too.
     snapshots = lake.sql("SELECT snapshot_id FROM ducklake_snapshots('lake') ORDER BY 1")["snapshot_id"].to_pylist()
-    counts = [lake.sql(f"SELECT count(*) AS n FROM lake.queries AT (VERSION => {s})")["n"][0].as_py()
-              for s in snapshots[-2:]]
+    counts = [
+        lake.sql(f"SELECT count(*) AS n FROM lake.queries AT (VERSION => {s})")["n"][0].as_py() for s in snapshots[-2:]
+    ]
     assert counts == [2, 5]
 
 
 def test_lineage_rows_and_read_by_run(lake: Lake) -> None:
     source = lake.write("queries", "demo", _queries("a"), Lineage(stage="import"))
-    lineage = Lineage(stage="score", run_id="run-42", config_hash="abc123", input_versions=(source.version_id,),
-                      prefect_flow_run_id="flow-run-7")
+    lineage = Lineage(
+        stage="score",
+        run_id="run-42",
+        config_hash="abc123",
+        input_versions=(source.version_id,),
+        prefect_flow_run_id="flow-run-7",
+    )
     with lake.transaction(lineage) as batch:
         batch.write("queries", "derived", _queries("x", "y"))
-        batch.write("rejected_inputs", "derived", [
-            {"stage": "score", "source": source.version_id, "row_number": 1, "reason": "r", "detail": "d"}])
+        batch.write(
+            "rejected_inputs",
+            "derived",
+            [{"stage": "score", "source": source.version_id, "row_number": 1, "reason": "r", "detail": "d"}],
+        )
 
     runs = lake.sql("SELECT * FROM runs WHERE run_id = 'run-42' ORDER BY table_name").to_pylist()
     assert [(r["version_id"], r["row_count"]) for r in runs] == [
-        ("queries/derived@1", 2), ("rejected_inputs/derived@1", 1)]
+        ("queries/derived@1", 2),
+        ("rejected_inputs/derived@1", 1),
+    ]
     for row in runs:
         assert (row["stage"], row["config_hash"], row["prefect_flow_run_id"]) == ("score", "abc123", "flow-run-7")
         assert row["input_versions"] == ["queries/demo@1"]

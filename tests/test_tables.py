@@ -9,20 +9,41 @@ from schemas.tables import SCHEMAS, VERSION_COLUMN, VERSIONED_TABLES, SchemaErro
 
 
 def _segment(**overrides):
-    return {"kind": "model", "tool": None, "text": "<think>hi</think>", "token_ids": [1, 2], "n_tokens": 2,
-            **overrides}
+    return {"kind": "model", "tool": None, "text": "<think>hi</think>", "token_ids": [1, 2], "n_tokens": 2, **overrides}
 
 
 def _rollout(**overrides):
-    row = {"trajectory_id": "t", "query_id": "q", "sample_index": 0, "model": "m", "prompt": "p",
-           "response": "r", "segments": [_segment()], "finish_reason": "answer", "num_turns": 1,
-           "num_tool_calls": 0, "prompt_tokens": 3, "completion_tokens": 2}
+    row = {
+        "trajectory_id": "t",
+        "query_id": "q",
+        "sample_index": 0,
+        "model": "m",
+        "prompt": "p",
+        "response": "r",
+        "segments": [_segment()],
+        "finish_reason": "answer",
+        "num_turns": 1,
+        "num_tool_calls": 0,
+        "prompt_tokens": 3,
+        "completion_tokens": 2,
+    }
     return {**row, **overrides}
 
 
 def test_every_table_named_in_the_design_has_a_schema() -> None:
-    assert set(SCHEMAS) == {"queries", "rollouts", "scores", "repairs", "sft_examples", "preference_pairs",
-                            "models", "train_metrics", "eval_results", "runs", "rejected_inputs"}
+    assert set(SCHEMAS) == {
+        "queries",
+        "rollouts",
+        "scores",
+        "repairs",
+        "sft_examples",
+        "preference_pairs",
+        "models",
+        "train_metrics",
+        "eval_results",
+        "runs",
+        "rejected_inputs",
+    }
     for table in VERSIONED_TABLES:
         assert SCHEMAS[table].names[0] == VERSION_COLUMN
         assert VERSION_COLUMN not in payload_schema(table).names
