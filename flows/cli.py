@@ -7,13 +7,16 @@ import os
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from schemas.config import PROJECT_ROOT, ConfigError, PipelineConfig, load_config
+
+if TYPE_CHECKING:
+    from schemas.lake import Lake
 
 app = typer.Typer(
     help="AutoTraj: repair and reward tool-use trajectories for tool-integrated reasoning.",
@@ -57,8 +60,8 @@ def _config(ctx: typer.Context) -> PipelineConfig:
         raise _fail(str(exc)) from None
 
 
-def _lake(ctx: typer.Context):
-    from schemas.lake import Lake
+def _lake(ctx: typer.Context) -> Lake:
+    from schemas.lake import Lake  # imported here so `--help` does not load DuckDB
 
     return Lake.from_config(_config(ctx).runtime)
 
@@ -206,11 +209,11 @@ def sql(
 @app.command()
 def attach(ctx: typer.Context) -> None:
     """Print the SQL that attaches this lake in your own DuckDB session (read only)."""
-    from schemas.lake import Lake, _extension_file
+    from schemas.lake import extension_file
 
-    lake: Lake = _lake(ctx)
+    lake = _lake(ctx)
     lake.initialize()
-    ducklake = _extension_file("duckdb_extension_ducklake", "ducklake.duckdb_extension")
+    ducklake = extension_file("duckdb_extension_ducklake", "ducklake.duckdb_extension")
     catalog_ext = (
         lake.data_dir
         / "duckdb_extensions"

@@ -129,7 +129,8 @@ def _retrying(attempts: int) -> Retrying:
     )
 
 
-def _extension_file(package: str, filename: str) -> Path:
+def extension_file(package: str, filename: str) -> Path:
+    """Path of a DuckDB extension shipped inside a duckdb-extension-* package."""
     module = __import__(package)
     path = Path(module.__file__).parent / "extensions" / DUCKDB_VERSION / filename
     if not path.exists():
@@ -187,7 +188,7 @@ class Lake:
     # -- connections -------------------------------------------------------------------------------
 
     def _load_extensions(self, con: duckdb.DuckDBPyConnection) -> None:
-        ducklake = _extension_file("duckdb_extension_ducklake", "ducklake.duckdb_extension")
+        ducklake = extension_file("duckdb_extension_ducklake", "ducklake.duckdb_extension")
         con.execute(f"LOAD {_sql_string(str(ducklake))}")
         if self.catalog_url.startswith("sqlite:"):
             package, source, name = "duckdb_extension_sqlite", "sqlite.duckdb_extension", "sqlite_scanner"
@@ -204,7 +205,7 @@ class Lake:
         link_dir = self.data_dir / "duckdb_extensions"
         link_dir.mkdir(parents=True, exist_ok=True)
         link = link_dir / f"{name}.duckdb_extension"
-        target = _extension_file(package, source)
+        target = extension_file(package, source)
         if not link.exists() or link.resolve() != target.resolve():
             tmp = link_dir / f".{name}.{uuid.uuid4().hex}"
             tmp.symlink_to(target)
@@ -240,48 +241,43 @@ class Lake:
             return
         self.data_path.mkdir(parents=True, exist_ok=True)
         with self._write_lock():
-            for attempt in _retrying(8):
-                with attempt:
-                    con = self._attach(read_only=False)
-                    try:
-                        con.execute("BEGIN TRANSACTION")
-                        self._create_tables(con)
-                        con.execute("COMMIT")
-                    finally:
-                        con.close()
+            con = self._attach_retrying(read_only=False)
+            try:
+                if _missing_columns(con):
+                    con.execute("BEGIN TRANSACTION")
+                    _create_tables(con)
+                    con.execute("COMMIT")
+            finally:
+                con.close()
         self._initialized = True
 
-    @staticmethod
-    def _create_tables(con: duckdb.DuckDBPyConnection) -> None:
-        existing: dict[str, set[str]] = {}
-        for table, column in con.execute(
-            "SELECT table_name, column_name FROM duckdb_columns() WHERE database_name = 'lake'"
-        ).fetchall():
-            existing.setdefault(table, set()).add(column)
-        for table, schema in SCHEMAS.items():
-            if table not in existing:
-                con.register("_empty", schema.empty_table())
-                con.execute(f"CREATE TABLE lake.{table} AS SELECT * FROM _empty")
-                con.unregister("_empty")
-                continue
-            for column in schema:
-                if column.name not in existing[table]:
-                    con.execute(f"ALTER TABLE lake.{table} ADD COLUMN {column.name} {_duckdb_type(con, column)}")
+    def _attach_retrying(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        for attempt in _retrying(20):
+            with attempt:
+                return self._attach(read_only=read_only)
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    def _catalog_exists(self) -> bool:
+        return not self.catalog_url.startswith("sqlite:") or Path(self.catalog_url.removeprefix("sqlite:")).exists()
 
     @contextlib.contextmanager
     def connect(self, read_only: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
         """A DuckDB connection with the lake attached as `lake` and one view per table.
 
         `<table>` shows the latest version of each dataset (with `dataset` and `version` columns),
-        `<table>_all` every committed version; `runs` is the lineage catalog.
+        `<table>_all` every committed version; `runs` is the lineage catalog. Readers never take the
+        writer lock unless the catalog still lacks a table, so they run while a long write is in flight.
         """
-        self.initialize()
-        con = None
-        for attempt in _retrying(20):
-            with attempt:
-                con = self._attach(read_only=read_only)
-        assert con is not None
+        if not self._initialized and not self._catalog_exists():
+            self.initialize()
+        con = self._attach_retrying(read_only)
         try:
+            if not self._initialized:
+                if _missing_columns(con):
+                    con.close()
+                    self.initialize()
+                    con = self._attach_retrying(read_only)
+                self._initialized = True
             _create_views(con)
             yield con
         finally:
@@ -311,7 +307,7 @@ class Lake:
         with self._write_lock():
             for attempt in _retrying(8):
                 with attempt:
-                    con = self._attach(read_only=False)
+                    con = self._attach_retrying(read_only=False)
                     try:
                         return self._insert_versions(con, writes, lineage, flow_run_id)
                     finally:
@@ -431,6 +427,34 @@ class Lake:
             with attempt, self.connect(read_only=True) as con:
                 return con.execute(query, params).to_arrow_table()
         raise AssertionError("unreachable: tenacity re-raises the last error")
+
+
+def _lake_columns(con: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
+    existing: dict[str, set[str]] = {}
+    for table, column in con.execute(
+        "SELECT table_name, column_name FROM duckdb_columns() WHERE database_name = 'lake'"
+    ).fetchall():
+        existing.setdefault(table, set()).add(column)
+    return existing
+
+
+def _missing_columns(con: duckdb.DuckDBPyConnection) -> bool:
+    existing = _lake_columns(con)
+    return any(not set(schema.names) <= existing.get(table, set()) for table, schema in SCHEMAS.items())
+
+
+def _create_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Create missing tables and add columns that newer schemas gained (DuckLake supports ADD COLUMN)."""
+    existing = _lake_columns(con)
+    for table, schema in SCHEMAS.items():
+        if table not in existing:
+            con.register("_empty", schema.empty_table())
+            con.execute(f"CREATE TABLE lake.{table} AS SELECT * FROM _empty")
+            con.unregister("_empty")
+            continue
+        for column in schema:
+            if column.name not in existing[table]:
+                con.execute(f"ALTER TABLE lake.{table} ADD COLUMN {column.name} {_duckdb_type(con, column)}")
 
 
 def _duckdb_type(con: duckdb.DuckDBPyConnection, column: pa.Field) -> str:
