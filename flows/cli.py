@@ -26,7 +26,9 @@ app = typer.Typer(
 data_app = typer.Typer(help="Bring question/answer sets into the lake.", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+tools_app = typer.Typer(help="The model's tools: search (and the Python sandbox).", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(tools_app, name="tools")
 
 # Piped output (files, grep, tests) gets wide tables instead of rich's 80-column default.
 _PIPE_WIDTH = None if sys.stdout.isatty() else 240
@@ -229,6 +231,67 @@ def attach(ctx: typer.Context) -> None:
         f"ATTACH 'ducklake:{lake.catalog_url}' AS lake (DATA_PATH '{lake.data_path}/', READ_ONLY);", markup=False
     )
     console.print("SELECT * FROM lake.runs ORDER BY created_at DESC LIMIT 10;", markup=False)
+
+
+# -- tools -----------------------------------------------------------------------------------------
+
+
+def _searcher(ctx: typer.Context):  # -> tools_sandbox.search.Searcher
+    from tools_sandbox.search import LocalSearch, RemoteSearch, SearchError
+
+    config = _config(ctx)
+    search = config.tools.search
+    try:
+        if search.backend == "http":
+            if not search.url:
+                raise _fail("tools.search.backend=http needs tools.search.url")
+            return RemoteSearch(search.url, search.timeout_s, search.attempts)
+        return LocalSearch(search.corpus, config.runtime.data_dir)
+    except SearchError as exc:
+        raise _fail(str(exc)) from None
+
+
+@tools_app.command("search")
+def tools_search(
+    ctx: typer.Context,
+    query: Annotated[str, typer.Argument(help="What to search for.")],
+    k: Annotated[int | None, typer.Option("-k", help="Passages to return [default: tools.search.top_k].")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print passages as JSON.")] = False,
+) -> None:
+    """Search with the configured backend and print what the model would see in <result>."""
+    from dataclasses import asdict
+
+    from tools_sandbox.search import SearchError, format_passages
+
+    config = _config(ctx)
+    try:
+        passages = _searcher(ctx).search(query, k or config.tools.search.top_k)
+    except SearchError as exc:
+        raise _fail(str(exc), code=1) from None
+    if as_json:
+        sys.stdout.write(json.dumps([asdict(p) for p in passages], ensure_ascii=False, indent=1) + "\n")
+    else:
+        console.print(format_passages(passages, config.tools.max_result_chars), markup=False, highlight=False)
+
+
+@tools_app.command("serve-search")
+def tools_serve_search(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8005,
+) -> None:
+    """Serve the local index over HTTP with the FlashRAG API (POST /search), so a cluster shares one index."""
+    import uvicorn
+
+    from tools_sandbox.search import LocalSearch, SearchError, serve_app
+
+    config = _config(ctx)
+    try:
+        searcher = LocalSearch(config.tools.search.corpus, config.runtime.data_dir)
+    except SearchError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"serving {len(searcher.passages)} passages from {searcher.corpus} on http://{host}:{port}/search")
+    uvicorn.run(serve_app(searcher), host=host, port=port, log_level="warning")
 
 
 # -- configuration ---------------------------------------------------------------------------------

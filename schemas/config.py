@@ -146,6 +146,27 @@ class EvaluateConfig(Section):
     max_queries: int | None = Field(None, ge=1)
 
 
+class SearchConfig(Section):
+    """The search tool: a local BM25 index over a JSONL corpus, or a FlashRAG-style HTTP retriever."""
+
+    backend: Literal["local", "http"] = "local"
+    corpus: str = Field(
+        str(PROJECT_ROOT.parent / "shared" / "data" / "corpus" / "wiki_sample.jsonl"),
+        description="JSONL of {id, title, contents} for the local index",
+    )
+    url: str | None = Field(None, description="retriever base URL for backend=http, e.g. http://host:8005")
+    top_k: int = Field(3, ge=1)
+    timeout_s: float = Field(10.0, gt=0.0)
+    attempts: int = Field(3, ge=1)
+
+
+class ToolsConfig(Section):
+    """The tools a model calls mid-trajectory."""
+
+    max_result_chars: int = Field(2000, ge=100, description="characters of tool output shown to the model")
+    search: SearchConfig = Field(default_factory=SearchConfig)
+
+
 def _default_data_dir() -> str:
     return os.environ.get("AUTOTRAJ_HOME", "./.autotraj")
 
@@ -172,6 +193,7 @@ class PipelineConfig(Section):
     reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig)
     grpo: GrpoConfig = Field(default_factory=GrpoConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    tools: ToolsConfig = Field(default_factory=ToolsConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @model_validator(mode="after")
