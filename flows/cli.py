@@ -236,10 +236,9 @@ def attach(ctx: typer.Context) -> None:
 # -- tools -----------------------------------------------------------------------------------------
 
 
-def _searcher(ctx: typer.Context):  # -> tools_sandbox.search.Searcher
+def _searcher(config: PipelineConfig):  # -> tools_sandbox.search.Searcher
     from tools_sandbox.search import LocalSearch, RemoteSearch, SearchError
 
-    config = _config(ctx)
     search = config.tools.search
     try:
         if search.backend == "http":
@@ -265,7 +264,7 @@ def tools_search(
 
     config = _config(ctx)
     try:
-        passages = _searcher(ctx).search(query, k or config.tools.search.top_k)
+        passages = _searcher(config).search(query, k or config.tools.search.top_k)
     except SearchError as exc:
         raise _fail(str(exc), code=1) from None
     if as_json:

@@ -64,12 +64,16 @@ class ImportReport:
     queries_version: VersionInfo | None = None
     rejected_version: VersionInfo | None = None
     already_imported: VersionInfo | None = None
-    duplicates_of_existing: int = 0
 
     @property
     def reason_counts(self) -> Counter[str]:
         """Rejections per reason code."""
         return Counter(rejection.reason for rejection in self.rejected)
+
+    @property
+    def duplicates_of_existing(self) -> int:
+        """Rows whose question the dataset already held."""
+        return self.reason_counts["duplicate_existing"]
 
     @property
     def nothing_importable(self) -> bool:
@@ -281,7 +285,6 @@ def import_queries(lake: Lake, path: str | Path, dataset: str, mapping: FieldMap
             continue
         query_id = query["query_id"]
         if query_id in existing_ids:
-            report.duplicates_of_existing += 1
             report.rejected.append(
                 Rejection(number, "duplicate_existing", f"question already in {previous[-1].version_id}", _raw(row))
             )
