@@ -7,6 +7,10 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 .PHONY: install run test lint bench
 
 $(STAMP): pyproject.toml
+	@# bubblewrap gives the sandbox its strict tier; without it the sandbox uses the standard tier.
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get install -y -qq bubblewrap >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq bubblewrap; }; }; } || \
+		echo "note: bubblewrap not installed (apt-get install bubblewrap): the Python sandbox will use its standard tier"
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	@$(VENV)/bin/python -c 'import sys; assert sys.version_info[:2] == (3, 11), "AutoTraj needs Python 3.11, got " + sys.version'
 	$(VENV)/bin/pip install --quiet --upgrade pip

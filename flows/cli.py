@@ -26,7 +26,7 @@ app = typer.Typer(
 data_app = typer.Typer(help="Bring question/answer sets into the lake.", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-tools_app = typer.Typer(help="The model's tools: search (and the Python sandbox).", no_args_is_help=True)
+tools_app = typer.Typer(help="The model's tools: the Python sandbox and search.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(tools_app, name="tools")
 
@@ -236,20 +236,6 @@ def attach(ctx: typer.Context) -> None:
 # -- tools -----------------------------------------------------------------------------------------
 
 
-def _searcher(config: PipelineConfig):  # -> tools_sandbox.search.Searcher
-    from tools_sandbox.search import LocalSearch, RemoteSearch, SearchError
-
-    search = config.tools.search
-    try:
-        if search.backend == "http":
-            if not search.url:
-                raise _fail("tools.search.backend=http needs tools.search.url")
-            return RemoteSearch(search.url, search.timeout_s, search.attempts)
-        return LocalSearch(search.corpus, config.runtime.data_dir)
-    except SearchError as exc:
-        raise _fail(str(exc)) from None
-
-
 @tools_app.command("search")
 def tools_search(
     ctx: typer.Context,
@@ -260,17 +246,73 @@ def tools_search(
     """Search with the configured backend and print what the model would see in <result>."""
     from dataclasses import asdict
 
-    from tools_sandbox.search import SearchError, format_passages
+    from tools_sandbox.results import format_result
+    from tools_sandbox.search import SearchError, searcher_from_config
 
     config = _config(ctx)
     try:
-        passages = _searcher(config).search(query, k or config.tools.search.top_k)
+        searcher = searcher_from_config(config.tools.search, config.runtime.data_dir)
+    except SearchError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        passages = searcher.search(query, k or config.tools.search.top_k)
     except SearchError as exc:
         raise _fail(str(exc), code=1) from None
     if as_json:
         sys.stdout.write(json.dumps([asdict(p) for p in passages], ensure_ascii=False, indent=1) + "\n")
     else:
-        console.print(format_passages(passages, config.tools.max_result_chars), markup=False, highlight=False)
+        console.print(format_result(passages, config.tools.max_result_chars), markup=False, highlight=False)
+
+
+@tools_app.command("exec")
+def tools_exec(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Argument(help="Python file to run, or - for stdin.")] = "-",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
+    tier: Annotated[str | None, typer.Option(help="Isolation tier [default: tools.python.tier].")] = None,
+) -> None:
+    """Run a snippet in the sandbox and print what the model would see in <result>."""
+    from dataclasses import asdict
+
+    from tools_sandbox.executor import IsolationUnavailable, SandboxError, SandboxPool
+    from tools_sandbox.results import format_result
+
+    config = _config(ctx)
+    try:
+        code = sys.stdin.read() if source == "-" else Path(source).read_text()
+    except OSError as exc:
+        raise _fail(f"cannot read {source}: {exc.strerror}") from None
+    try:
+        with SandboxPool(config.tools.python, workers=1, tier=tier) as pool:
+            result = pool.run(code)
+    except (IsolationUnavailable, SandboxError) as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        sys.stdout.write(json.dumps(asdict(result), indent=1) + "\n")
+    else:
+        console.print(format_result(result, config.tools.max_result_chars), markup=False, highlight=False)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@tools_app.command("doctor")
+def tools_doctor(ctx: typer.Context) -> None:
+    """Probe which sandbox isolation tiers this host supports, and which one the config gets."""
+    from rich.table import Table
+
+    from tools_sandbox.isolation import IsolationUnavailable, probe_tiers, resolve
+
+    config = _config(ctx)
+    table = Table("tier", "available", "why")
+    for check in probe_tiers():
+        table.add_row(check.tier, "yes" if check.available else "no", check.reason)
+    console.print(table)
+    requested = config.tools.python.tier
+    try:
+        isolation = resolve(requested)
+    except IsolationUnavailable as exc:
+        raise _fail(f"tools.python.tier={requested}: {exc}", code=1) from None
+    console.print(f"tools.python.tier={requested} -> {isolation.describe()}")
 
 
 @tools_app.command("serve-search")

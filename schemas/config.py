@@ -158,12 +158,34 @@ class SearchConfig(Section):
     top_k: int = Field(3, ge=1)
     timeout_s: float = Field(10.0, gt=0.0)
     attempts: int = Field(3, ge=1)
+    cache: bool = Field(False, description="answer repeated queries from a cache so replays are deterministic")
+
+
+class PythonToolConfig(Section):
+    """The sandboxed Python executor: a pool of fork servers confined by the chosen isolation tier."""
+
+    tier: Literal["auto", "strict", "standard", "none"] = Field(
+        "auto", description="auto = strongest the host supports (never none); a named tier is required or refused"
+    )
+    workers: int = Field(0, ge=0, description="fork servers in the pool; 0 = one per CPU core")
+    timeout_s: float = Field(10.0, gt=0.0, description="wall-clock limit per snippet")
+    memory_mb: int = Field(2048, ge=256, description="address-space limit per snippet")
+    output_kb: int = Field(256, ge=1, description="output kept per snippet; past it the snippet is stopped")
+    file_mb: int = Field(16, ge=1, description="largest file a snippet may write")
+    processes: int = Field(32, ge=1, description="processes and threads per snippet")
+    open_files: int = Field(64, ge=16)
+    tmp_mb: int = Field(256, ge=16, description="size of the private /tmp of a strict server")
+    preload: list[str] = Field(["math", "numpy", "sympy"], description="modules imported once per fork server")
+    show_last_expression: bool = Field(True, description="print the value of a trailing expression, as Jupyter does")
+    persistent: bool = Field(False, description="variables of earlier <code> calls stay defined within a trajectory")
+    uid_base: int = Field(61000, ge=1000, description="first dedicated sandbox uid (used when running as root)")
 
 
 class ToolsConfig(Section):
     """The tools a model calls mid-trajectory."""
 
     max_result_chars: int = Field(2000, ge=100, description="characters of tool output shown to the model")
+    python: PythonToolConfig = Field(default_factory=PythonToolConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
 
 

@@ -16,9 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from schemas.config import SearchConfig
 from tests.conftest import SHARED_DATA
-from tools_sandbox.results import truncate
-from tools_sandbox.search import LocalSearch, Passage, RemoteSearch, SearchError, format_passages
+from tools_sandbox.protocol import ExecResult
+from tools_sandbox.results import format_result, truncate
+from tools_sandbox.search import CachedSearch, LocalSearch, Passage, RemoteSearch, SearchError, searcher_from_config
 
 CORPUS = SHARED_DATA / "corpus" / "wiki_sample.jsonl"
 pytestmark = pytest.mark.skipif(not CORPUS.exists(), reason="needs ../shared/data beside the checkout")
@@ -86,10 +88,42 @@ def test_malformed_corpus_lines_are_counted(tmp_path: Path) -> None:
 
 def test_result_text_is_formatted_and_capped() -> None:
     passages = [Passage("1", "Alpha", '"Alpha"\nfirst  passage\ntext', 2.0), Passage("2", "Beta", "second", 1.0)]
-    assert format_passages(passages, 2000) == "Doc 1 (Title: Alpha) first passage text\nDoc 2 (Title: Beta) second"
-    assert format_passages([], 2000) == "No results found."
+    assert format_result(passages, 2000) == "Doc 1 (Title: Alpha) first passage text\nDoc 2 (Title: Beta) second"
+    assert format_result([], 2000) == "No results found."
     capped = truncate("x" * 5000, 2000)
     assert capped.startswith("x" * 2000) and capped.endswith("[output truncated: 3000 more characters]")
+
+
+def test_python_result_text_keeps_the_error_line() -> None:
+    long_failure = ExecResult(stdout="y" * 5000, error="ValueError: bad input", error_type="ValueError")
+    shown = format_result(long_failure, 2000)
+    assert shown.endswith("\nValueError: bad input") and "[output truncated:" in shown
+    assert len(shown) < 2000 + 100
+    assert format_result(ExecResult(stdout="4\n"), 2000) == "4\n"
+    assert format_result(ExecResult(error="TimeoutError: x", error_type="TimeoutError"), 2000) == "TimeoutError: x"
+
+
+def test_search_cache_replays_the_first_answer(local: LocalSearch, tmp_path: Path) -> None:
+    class Changing:
+        """A backend whose answers change between calls, as a live retriever's may."""
+
+        identity = "changing"
+        calls = 0
+
+        def search(self, query: str, k: int = 3) -> list[Passage]:
+            Changing.calls += 1
+            return [Passage(id=str(Changing.calls), title=query, contents=f"answer {Changing.calls}", score=1.0)]
+
+    cached = CachedSearch(Changing(), tmp_path / "cache.sqlite")
+    first = cached.search("who", 3)
+    assert cached.search("who", 3) == first and Changing.calls == 1
+    assert cached.search("who", 5) != first  # k is part of the key
+    reopened = CachedSearch(Changing(), tmp_path / "cache.sqlite")  # another process of the same run
+    assert reopened.search("who", 3) == first and reopened.hits == 1
+    config = SearchConfig(corpus=str(local.corpus))
+    assert isinstance(searcher_from_config(config, str(tmp_path), cache=True), CachedSearch)
+    assert isinstance(searcher_from_config(config, str(tmp_path)), LocalSearch)
+    assert isinstance(searcher_from_config(config.model_copy(update={"cache": True}), str(tmp_path)), CachedSearch)
 
 
 @pytest.fixture(scope="module")

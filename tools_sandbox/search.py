@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
+import threading
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ import httpx
 from pydantic import BaseModel, Field
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from tools_sandbox.results import truncate
+from schemas.config import SearchConfig
 
 log = logging.getLogger(__name__)
 INDEX_FORMAT = 1
@@ -45,22 +47,9 @@ class Passage:
 class Searcher(Protocol):
     """What the rollout engine needs from a search backend."""
 
+    identity: str  # what the search cache keys on: the index or the server
+
     def search(self, query: str, k: int = 3) -> list[Passage]: ...
-
-
-def format_passages(passages: list[Passage], max_chars: int) -> str:
-    """The text a search puts inside <result>: numbered passages with titles, capped at max_chars."""
-    if not passages:
-        return "No results found."
-    blocks = []
-    for rank, passage in enumerate(passages, start=1):
-        body = passage.contents
-        # FlashRAG corpora store contents as '"Title"\ntext'; show the title once.
-        first, _, rest = body.partition("\n")
-        if rest and first.strip('"') == passage.title:
-            body = rest
-        blocks.append(f"Doc {rank} (Title: {passage.title}) {' '.join(body.split())}")
-    return truncate("\n".join(blocks), max_chars)
 
 
 def _title_of(row: dict[str, Any]) -> str:
@@ -80,6 +69,7 @@ class LocalSearch:
         stat = self.corpus.stat()
         key = hashlib.sha256(f"{INDEX_FORMAT}|{self.corpus}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
         self.index_dir = Path(cache_dir) / "search_index" / key[:16]
+        self.identity = f"local:{key[:16]}"
         self.skipped_lines = 0
         if not (self.index_dir / "meta.json").exists():
             self._build()
@@ -176,6 +166,7 @@ class RemoteSearch:
         if not self.url.endswith("/search"):
             self.url += "/search"
         self.attempts = attempts
+        self.identity = f"http:{self.url}"
         self.client = httpx.Client(timeout=httpx.Timeout(timeout_s))
 
     def search(self, query: str, k: int = 3) -> list[Passage]:
@@ -220,6 +211,58 @@ def _parse_reply(response: httpx.Response, url: str) -> list[Passage]:
         ]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise SearchError(f"search server {url} sent a reply that is not [documents, scores]: {exc}") from exc
+
+
+class CachedSearch:
+    """Answers a repeated (backend, query, k) from a SQLite cache, so replays see the same passages.
+
+    On disk (not in memory) so that evaluation reruns and every process of a run share one answer.
+    """
+
+    def __init__(self, searcher: Searcher, path: str | os.PathLike[str]):
+        self.searcher = searcher
+        self.identity = searcher.identity
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._connection() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS search_cache (key TEXT PRIMARY KEY, passages TEXT NOT NULL)")
+        self.hits = self.misses = 0
+
+    def _connection(self) -> sqlite3.Connection:
+        if getattr(self._local, "db", None) is None:  # sqlite connections are per thread
+            self._local.db = sqlite3.connect(self.path, timeout=30)
+        return self._local.db
+
+    def search(self, query: str, k: int = 3) -> list[Passage]:
+        """The cached passages for this query, or the backend's (then cached)."""
+        key = hashlib.sha256(json.dumps([self.identity, query, k]).encode()).hexdigest()
+        db = self._connection()
+        row = db.execute("SELECT passages FROM search_cache WHERE key = ?", (key,)).fetchone()
+        if row is not None:
+            self.hits += 1
+            return [Passage(**passage) for passage in json.loads(row[0])]
+        self.misses += 1
+        passages = self.searcher.search(query, k)
+        with db:
+            db.execute(
+                "INSERT OR IGNORE INTO search_cache VALUES (?, ?)",
+                (key, json.dumps([asdict(p) for p in passages], ensure_ascii=False)),
+            )
+        return passages
+
+
+def searcher_from_config(config: SearchConfig, data_dir: str, cache: bool | None = None) -> Searcher:
+    """The search backend the config names, wrapped in the query cache when asked (cache=None: config)."""
+    if config.backend == "http":
+        if not config.url:
+            raise SearchError("tools.search.backend=http needs tools.search.url")
+        searcher: Searcher = RemoteSearch(config.url, config.timeout_s, config.attempts)
+    else:
+        searcher = LocalSearch(config.corpus, data_dir)
+    if config.cache if cache is None else cache:
+        return CachedSearch(searcher, Path(data_dir) / "search_cache.sqlite")
+    return searcher
 
 
 class SearchRequest(BaseModel):
