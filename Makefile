@@ -33,3 +33,4 @@ lint: install
 
 bench: install
 	$(VENV)/bin/python benchmarks/lake.py
+	$(VENV)/bin/python benchmarks/sandbox.py

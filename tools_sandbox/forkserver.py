@@ -493,16 +493,14 @@ class ForkServer:
 
     def _cleanup(self, workdir: str) -> None:
         _remove_tree(workdir)
-        if self.sandbox_uid is None and not self.settings.sweep_dirs:
-            return
+        snippet_uid = self.sandbox_uid if self.sandbox_uid is not None else os.geteuid()
         for directory in self.settings.sweep_dirs:
             with contextlib.suppress(OSError), os.scandir(directory) as entries:
                 for entry in entries:
                     if entry.path == self.settings.work_root:
                         continue
                     with contextlib.suppress(OSError):
-                        owner = entry.stat(follow_symlinks=False).st_uid
-                        if owner == (self.sandbox_uid if self.sandbox_uid is not None else os.geteuid()):
+                        if entry.stat(follow_symlinks=False).st_uid == snippet_uid:
                             if entry.is_dir(follow_symlinks=False):
                                 _remove_tree(entry.path)
                             else:
