@@ -265,6 +265,21 @@ def test_writes_outside_the_work_dir_do_not_persist(pool: SandboxPool, tmp_path:
     assert pool.run("import os\nprint(os.listdir('.'))").stdout == "[]\n"  # next snippet starts empty
 
 
+def test_strict_shows_only_the_runtime() -> None:
+    if "strict" not in SAFE_TIERS:
+        pytest.skip("bubblewrap is not available on this host (doctor says why)")
+    project = Path(__file__).resolve().parent.parent
+    code = (
+        "import os\n"
+        f"print([os.path.exists(p) for p in ({str(project / 'README.md')!r}, '/etc/passwd', '/home', '/var')])\n"
+        "print(sorted(os.listdir('/tmp')), os.uname().nodename)"
+    )
+    with SandboxPool(_config(), workers=1, tier="strict") as strict:
+        result = strict.run(code)
+    assert result.ok, result
+    assert result.stdout == "[False, False, False, False]\n['work'] sandbox\n"
+
+
 def test_disk_filling_hits_the_file_size_limit(pool: SandboxPool) -> None:
     result = pool.run("with open('big.bin', 'wb') as handle:\n    handle.write(b'x' * (8 << 20))")
     assert result.error_type == "OSError" and "File too large" in (result.error or "")

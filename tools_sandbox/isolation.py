@@ -81,9 +81,17 @@ def _package_root() -> str:
 
 
 def _runtime_roots() -> list[str]:
-    """Directories the fork server's interpreter needs: prefixes, the package, the import path."""
-    candidates = {sys.base_prefix, sys.prefix, _package_root()}
-    candidates.update(path for path in sys.path if path and os.path.isabs(path) and os.path.isdir(path))
+    """What a strict server's interpreter needs to see: the Python install, its packages, this package.
+
+    Only the tools_sandbox directory of a source checkout is shown, not the checkout (which may hold
+    data, credentials, the lake).
+    """
+    candidates = {sys.base_prefix, sys.prefix, str(Path(__file__).resolve().parent)}
+    candidates.update(
+        path
+        for path in sys.path
+        if os.path.isabs(path) and os.path.isdir(path) and ("site-packages" in path or "dist-packages" in path)
+    )
     roots: list[str] = []
     for path in sorted(os.path.realpath(candidate) for candidate in candidates):
         if not any(path == root or path.startswith(root + os.sep) for root in roots):
