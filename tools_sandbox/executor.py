@@ -20,7 +20,7 @@ import signal
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
@@ -43,7 +43,7 @@ REPLY_GRACE_S = 15.0  # beyond the snippet's own timeout, before the worker is d
 
 
 class SandboxError(RuntimeError):
-    """A fork server could not be started."""
+    """The pool cannot serve: a fork server would not start, or the pool is closed."""
 
 
 def _find_server(launched_pid: int) -> int:
@@ -61,12 +61,11 @@ def _find_server(launched_pid: int) -> int:
 class _Worker:
     """One fork server process and the pipe pair that talks to it."""
 
-    def __init__(self, spec_factory, index: int):
+    def __init__(self, spec_factory: Callable[[int], LaunchSpec], index: int):
         self.index = index
         self._spec_factory = spec_factory
         self.process: subprocess.Popen[bytes] | None = None
         self.spec: LaunchSpec | None = None
-        self.info: dict = {}
         self.server_pid = -1
         self.restarts = -1
         self.start()
@@ -94,7 +93,6 @@ class _Worker:
             raise SandboxError(f"sandbox worker {self.index} did not start: {exc}; {self.stderr_tail()}") from exc
         if not ready.get("ready"):
             raise SandboxError(f"sandbox worker {self.index} failed to start: {ready.get('error')}")
-        self.info = ready
         self.server_pid = _find_server(self.process.pid)
 
     def stderr_tail(self, lines: int = 5) -> str:
