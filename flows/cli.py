@@ -55,6 +55,45 @@ def main(
     ctx.obj = {"profile": profile, "overrides": list(overrides or [])}
 
 
+class _Progress:
+    """Progress of long work: a live bar on a terminal, a line every 10 % in logs and CI."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.live = console.is_terminal
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+        )
+        self.bar = Progress(*columns, TimeElapsedColumn(), console=console)
+        self.tasks: dict[str, Any] = {}
+        self.printed: dict[str, int] = {}
+
+    def __enter__(self) -> _Progress:
+        if self.live:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.live:
+            self.bar.stop()
+
+    def update(self, name: str, done: int, total: int, info: str = "") -> None:
+        """Report `done` of `total` for the task called `name`."""
+        if self.live:
+            if name not in self.tasks:
+                self.tasks[name] = self.bar.add_task(name, total=total, info="")
+            self.bar.update(self.tasks[name], completed=done, total=total, info=info)
+            return
+        decile = 10 * done // max(1, total)
+        if self.printed.get(name) != decile:
+            self.printed[name] = decile
+            console.print(f"{name}: {done}/{total} {info}".rstrip(), markup=False, highlight=False)
+
+
 def _config(ctx: typer.Context) -> PipelineConfig:
     try:
         return load_config(ctx.obj["profile"], ctx.obj["overrides"])
@@ -115,6 +154,27 @@ def data_import(
         )
     if report.nothing_importable:
         raise _fail(f"nothing importable in {path}", code=1)
+
+
+@data_app.command("synth")
+def data_synth(
+    ctx: typer.Context,
+    task: Annotated[
+        str, typer.Option(help="Synthetic task: arith (arithmetic word problems that need Python).")
+    ] = "arith",
+    n: Annotated[int, typer.Option("--n", help="Number of questions.", min=1)] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same questions).")] = 0,
+    name: Annotated[str | None, typer.Option("--name", help="Dataset name [default: <task>-s<seed>-n<n>].")] = None,
+) -> None:
+    """Generate synthetic questions with gold answers and import them as queries."""
+    from tasks import synth
+
+    if task != "arith":
+        raise _fail(f"unknown synthetic task {task!r}; available: arith")
+    config = _config(ctx)
+    name = name or f"{task}-s{seed}-n{n}"
+    path = synth.write_jsonl(synth.generate(n, seed), Path(config.runtime.data_dir) / "synth" / f"{name}.jsonl")
+    ctx.invoke(data_import, ctx=ctx, path=path, name=name)
 
 
 # -- inspection ------------------------------------------------------------------------------------
@@ -333,6 +393,114 @@ def tools_serve_search(
         raise _fail(str(exc)) from None
     console.print(f"serving {len(searcher.passages)} passages from {searcher.corpus} on http://{host}:{port}/search")
     uvicorn.run(serve_app(searcher), host=host, port=port, log_level="warning")
+
+
+# -- models and rollout ----------------------------------------------------------------------------
+
+
+@app.command()
+def bootstrap(
+    ctx: typer.Context,
+    size: Annotated[
+        str, typer.Option(help="full (the embedded default) or test (small, for the test suite).")
+    ] = "full",
+    seed: Annotated[int, typer.Option(help="Seed of the tokenizer, data and weights.")] = 0,
+    force: Annotated[bool, typer.Option(help="Rebuild even when a cached build exists.")] = False,
+) -> None:
+    """Train the offline tokenizer, tiny teacher and tiny repairer (cached in the data directory)."""
+    from tasks.bootstrap import bootstrap as build
+    from tasks.bootstrap_eval import evaluate_build
+
+    config = _config(ctx)
+    with _Progress() as bar:
+        result = build(
+            config.runtime.data_dir,
+            size,
+            seed,
+            force,
+            lambda role, step, steps, loss: bar.update(f"train {role}", step, steps, f"loss {loss:.3f}"),
+            evaluate=lambda path: evaluate_build(path, config),
+        )
+    verb = "built" if result.built else "reused"
+    console.print(f"{verb} [bold]{result.directory}[/] ({result.seconds} s to build)")
+    evaluation = result.metrics.get("evaluation", {})
+    if evaluation:
+        table = Table("model", "figure", "value", "target", title="held-out synthetic questions")
+        for row in evaluation["rows"]:
+            table.add_row(*[str(cell) for cell in row])
+        console.print(table)
+    console.print(f"teacher: {result.teacher}\nrepairer: {result.repairer}")
+
+
+@app.command()
+def rollout(
+    ctx: typer.Context,
+    queries: Annotated[str, typer.Option("--queries", "-q", help="Queries dataset (name, name@N or queries/name@N).")],
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Model path, or URL of an OpenAI-compatible server.")
+    ] = None,
+    n: Annotated[int | None, typer.Option("--n", help="Trajectories per query [default: rollout.n].")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Output rollouts dataset [default: <queries>-rollout].")
+    ] = None,
+    backend: Annotated[str | None, typer.Option(help="transformers, openai or vllm [default: from --model].")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="Local tokenizer for an openai backend.")] = None,
+    served_name: Annotated[str | None, typer.Option(help="Model name an openai server expects.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N queries.")] = None,
+    actors: Annotated[int, typer.Option(help="Ray generation actors (one per GPU).")] = 1,
+    shard_size: Annotated[int, typer.Option(help="Queries per shard (each shard is committed when done).")] = 16,
+    no_ray: Annotated[bool, typer.Option("--no-ray", help="Generate in this process instead of Ray actors.")] = False,
+) -> None:
+    """Write N trajectories per query with real tool execution; resumable shard by shard."""
+    from tasks.bootstrap import model_dir
+    from tasks.rollout import ModelSpec, run_rollout
+
+    config = _config(ctx)
+    model = model or str(model_dir(config.runtime.data_dir) / "teacher")
+    kind = backend or ("openai" if model.startswith(("http://", "https://")) else config.rollout.backend)
+    if kind != "openai" and not Path(model).exists():
+        raise _fail(f"model {model} not found; run `autotraj bootstrap` or pass --model PATH|URL")
+    if kind == "openai" and tokenizer is None:
+        raise _fail("an openai backend needs --tokenizer PATH (a local copy of the served model's tokenizer)")
+    lake = _lake(ctx)
+    dataset = name or f"{queries.split('/')[-1].split('@')[0]}-rollout"
+    spec = ModelSpec(kind, model, tokenizer, served_name)
+    with _Progress() as bar:
+        report = run_rollout(
+            lake, queries, dataset, spec, config, n=n, actors=actors, shard_size=shard_size, limit=limit,
+            use_ray=not no_ray, progress=lambda done, total: bar.update("trajectories", done, total),
+        )  # fmt: skip
+    console.print(
+        f"wrote [bold]{report.version.version_id}[/]: {report.trajectories} trajectories "
+        f"({report.generated} generated now, {report.errors} errored); finish reasons {report.finish_reasons}"
+    )
+    if report.errors:
+        raise _fail(f"{report.errors} trajectories errored; re-run the same command to retry them", code=1)
+
+
+@app.command("serve-model")
+def serve_model(
+    ctx: typer.Context,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Model path [default: the bootstrap teacher].")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    served_name: Annotated[str, typer.Option(help="Model name in the API.")] = "default",
+) -> None:
+    """Serve a model as an OpenAI-compatible /v1/completions endpoint (transformers backend)."""
+    import uvicorn
+
+    from tasks.bootstrap import model_dir
+    from tasks.llm import TransformersBackend
+    from tasks.serve_model import serve_app
+
+    config = _config(ctx)
+    model = model or str(model_dir(config.runtime.data_dir) / "teacher")
+    if not Path(model).exists():
+        raise _fail(f"model {model} not found; run `autotraj bootstrap` or pass --model PATH")
+    console.print(f"serving {model} as '{served_name}' on http://{host}:{port}/v1/completions")
+    uvicorn.run(serve_app(TransformersBackend(model), served_name), host=host, port=port, log_level="warning")
 
 
 # -- configuration ---------------------------------------------------------------------------------

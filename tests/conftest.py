@@ -54,3 +54,11 @@ def run_worker(*args: str, home: Path) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory):
+    """The test-size bootstrap build (tokenizer, teacher, repairer), trained once per test session."""
+    from tasks.bootstrap import bootstrap
+
+    return bootstrap(tmp_path_factory.mktemp("models"), "test", seed=0)

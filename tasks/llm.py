@@ -1,0 +1,278 @@
+"""LLM backends behind one small interface: batched continuation of token-id contexts with stop strings.
+
+- TransformersBackend: batched `generate` with left padding and stop strings (CPU or GPU).
+- OpenAIBackend: any OpenAI-compatible completions endpoint (vLLM/SGLang serve, hosted APIs,
+  `autotraj serve-model`), with bounded concurrency, timeouts and retries; a request that finally
+  fails becomes an errored Generation for its context only.
+- VLLMBackend: vLLM's offline engine (GPU only, `gpu` extra). Not runnable on these machines:
+  kept thin and UNTESTED here.
+
+Contexts are token ids, not text: the engine concatenates ids turn by turn and never re-tokenizes
+joined text (BPE would merge across a tag boundary).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import httpx
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+log = logging.getLogger(__name__)
+Finish = Literal["stop", "eos", "length", "error"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample one turn."""
+
+    max_new_tokens: int = 512
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    logprobs: bool = False
+
+
+@dataclass
+class Generation:
+    """One continuation: its ids (no EOS, no padding), text, and why it ended."""
+
+    token_ids: list[int]
+    text: str
+    finish: Finish
+    stop: str | None = None  # the stop string it ended on
+    logprobs: list[float] | None = None
+    error: str | None = None
+
+
+class LLMBackend(Protocol):
+    """What the engine needs from a model."""
+
+    name: str
+    tokenizer: Any  # a Hugging Face tokenizer: chat template, tool-segment tokenization
+
+    def generate(self, contexts: Sequence[list[int]], stop: Sequence[str], params: SamplingParams) -> list[Generation]:
+        """Continue every context until a stop string, EOS or max_new_tokens."""
+        ...
+
+
+def load_tokenizer(path: str) -> Any:
+    """A tokenizer that left-pads and has a pad token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def finish_generation(tokenizer: Any, ids: list[int], stop: Sequence[str], ended_by_eos: bool) -> Generation:
+    """Name why a continuation ended, from its ids (EOS already removed)."""
+    text = tokenizer.decode(ids, skip_special_tokens=False)
+    hits = [(text.find(s), s) for s in stop if s in text]
+    if hits:
+        _, matched = min(hits)
+        return Generation(ids, text, "stop", matched)
+    return Generation(ids, text, "eos" if ended_by_eos else "length")
+
+
+class TransformersBackend:
+    """Hugging Face transformers: one batched `generate` per call, left padding, stop strings."""
+
+    def __init__(self, model_path: str, batch_size: int = 64, device: str | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.name = model_path
+        self.tokenizer = load_tokenizer(model_path)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
+        self.batch_size = batch_size
+
+    def generate(self, contexts: Sequence[list[int]], stop: Sequence[str], params: SamplingParams) -> list[Generation]:
+        """Continue the contexts in batches of `batch_size`."""
+        results: list[Generation] = []
+        for start in range(0, len(contexts), self.batch_size):
+            results += self._generate_batch(contexts[start : start + self.batch_size], stop, params)
+        return results
+
+    def _generate_batch(
+        self, contexts: Sequence[list[int]], stop: Sequence[str], params: SamplingParams
+    ) -> list[Generation]:
+        import torch
+
+        pad = self.tokenizer.pad_token_id
+        eos = self.tokenizer.eos_token_id
+        width = max(len(ids) for ids in contexts)
+        input_ids = torch.full((len(contexts), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(contexts), width), dtype=torch.long)
+        for row, ids in enumerate(contexts):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention[row, width - len(ids) :] = 1
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+        with torch.inference_mode():
+            output = self.model.generate(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention.to(self.device),
+                max_new_tokens=params.max_new_tokens,
+                stop_strings=list(stop) or None,
+                tokenizer=self.tokenizer,
+                pad_token_id=pad,
+                eos_token_id=eos,
+                return_dict_in_generate=True,
+                output_logits=params.logprobs,
+                **(sampling if params.temperature > 0 else {"do_sample": False}),
+            )
+        new_tokens = output.sequences[:, width:].tolist()
+        results = []
+        for row, ids in enumerate(new_tokens):
+            ended_by_eos = eos in ids
+            ids = ids[: ids.index(eos)] if ended_by_eos else ids
+            while ids and ids[-1] == pad and not ended_by_eos and pad != eos:
+                ids = ids[:-1]  # a row that stopped early is padded to the batch's length
+            generation = finish_generation(self.tokenizer, ids, stop, ended_by_eos)
+            if params.logprobs:
+                logits = torch.stack([step[row] for step in output.logits[: len(ids)]]).float()
+                chosen = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(ids).unsqueeze(1))
+                generation.logprobs = chosen.squeeze(1).tolist()
+            results.append(generation)
+        return results
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code == 429 or exc.response.status_code >= 500
+    return isinstance(exc, httpx.TransportError)
+
+
+class OpenAIBackend:
+    """An OpenAI-compatible /v1/completions server, one request per context, `concurrency` in flight."""
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        tokenizer_path: str,
+        concurrency: int = 16,
+        timeout_s: float = 300.0,
+        attempts: int = 4,
+        api_key: str | None = None,
+    ):
+        self.name = model
+        self.url = url.rstrip("/") + ("" if url.rstrip("/").endswith("/v1") else "/v1") + "/completions"
+        self.tokenizer = load_tokenizer(tokenizer_path)
+        self.concurrency = concurrency
+        self.attempts = attempts
+        key = api_key or os.environ.get("OPENAI_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.client = httpx.Client(timeout=httpx.Timeout(timeout_s), headers=headers)
+        self.failed_requests = 0
+
+    def generate(self, contexts: Sequence[list[int]], stop: Sequence[str], params: SamplingParams) -> list[Generation]:
+        """One request per context; a request that fails after its retries errors only its context."""
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(lambda ids: self._complete(ids, stop, params), contexts))
+
+    def _complete(self, ids: list[int], stop: Sequence[str], params: SamplingParams) -> Generation:
+        body: dict[str, Any] = {
+            "model": self.name,
+            "prompt": ids,
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "stop": list(stop),
+            "include_stop_str_in_output": True,  # vLLM; others drop the stop string and name it in stop_reason
+            "return_token_ids": True,
+        }
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if params.logprobs:
+            body["logprobs"] = 1
+        try:
+            for attempt in Retrying(
+                retry=retry_if_exception(_retryable),
+                stop=stop_after_attempt(self.attempts),
+                wait=wait_exponential(multiplier=0.5, max=8.0),
+                reraise=True,
+            ):
+                with attempt:
+                    response = self.client.post(self.url, json=body)
+                    response.raise_for_status()
+            choice = response.json()["choices"][0]
+        except (httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
+            self.failed_requests += 1
+            detail = f"HTTP {exc.response.status_code}" if isinstance(exc, httpx.HTTPStatusError) else repr(exc)
+            log.warning("completion request to %s failed after %d attempts: %s", self.url, self.attempts, detail)
+            return Generation([], "", "error", error=f"{self.url}: {detail} after {self.attempts} attempts")
+        return self._parse_choice(choice, stop)
+
+    def _parse_choice(self, choice: dict[str, Any], stop: Sequence[str]) -> Generation:
+        text = choice.get("text", "")
+        stop_reason = choice.get("stop_reason")
+        if isinstance(stop_reason, str) and stop_reason in stop and not text.endswith(stop_reason):
+            text += stop_reason  # servers that drop the matched stop string
+        token_ids = choice.get("token_ids") or self.tokenizer.encode(text, add_special_tokens=False)
+        logprobs = (choice.get("logprobs") or {}).get("token_logprobs")
+        if choice.get("finish_reason") == "length":
+            return Generation(token_ids, text, "length", logprobs=logprobs)
+        generation = finish_generation(self.tokenizer, token_ids, stop, ended_by_eos=True)
+        generation.text, generation.logprobs = text, logprobs
+        return generation
+
+
+class VLLMBackend:
+    """vLLM's offline engine. UNTESTED here (no GPU on these machines); needs the `gpu` extra."""
+
+    def __init__(self, model_path: str, **engine_args: Any):
+        from vllm import LLM  # lazy: the CPU install has no vllm
+
+        self.name = model_path
+        self.tokenizer = load_tokenizer(model_path)
+        self.llm = LLM(model=model_path, **engine_args)
+
+    def generate(self, contexts: Sequence[list[int]], stop: Sequence[str], params: SamplingParams) -> list[Generation]:
+        """One engine call for the whole batch."""
+        from vllm import SamplingParams as VLLMSampling
+        from vllm.inputs import TokensPrompt
+
+        sampling = VLLMSampling(
+            max_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            seed=params.seed,
+            stop=list(stop),
+            include_stop_str_in_output=True,
+            logprobs=0 if params.logprobs else None,
+        )
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in contexts], sampling)
+        results = []
+        for output in outputs:
+            completion = output.outputs[0]
+            ids = [i for i in completion.token_ids if i != self.tokenizer.eos_token_id]
+            generation = finish_generation(self.tokenizer, ids, stop, completion.finish_reason == "stop")
+            if completion.finish_reason == "length":
+                generation.finish = "length"
+            if params.logprobs and completion.logprobs:
+                generation.logprobs = [step[i].logprob for step, i in zip(completion.logprobs, ids, strict=False)]
+            results.append(generation)
+        return results
+
+
+def make_backend(kind: str, model: str, **options: Any) -> LLMBackend:
+    """A backend by name: transformers (model = path), openai (model = URL), vllm (model = path)."""
+    if kind == "transformers":
+        return TransformersBackend(model, **options)
+    if kind == "openai":
+        return OpenAIBackend(model, **options)
+    if kind == "vllm":
+        return VLLMBackend(model, **options)
+    raise ValueError(f"unknown backend {kind!r}; choose transformers, openai or vllm")

@@ -1,0 +1,234 @@
+"""The rollout engine, the LLM backends and the rollout stage, on the test-size bootstrap models."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from schemas.config import load_config
+from schemas.lake import Lake
+from tasks import synth
+from tasks.engine import EngineLimits, Prompts, RolloutEngine, ToolRunner, Trajectory, encode_prompt
+from tasks.llm import OpenAIBackend, SamplingParams, TransformersBackend
+from tasks.rollout import ModelSpec, run_rollout
+from tasks.tir import TOOL_STOPS, parse_tool_call, tool_segment_text
+from tools_sandbox.executor import SandboxPool
+from tools_sandbox.results import format_result
+
+QUESTIONS = synth.generate(12, seed=321, prefix="rt")
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_models) -> TransformersBackend:
+    return TransformersBackend(tiny_models.teacher)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with SandboxPool(workers=2) as sandbox:
+        yield sandbox
+
+
+def _trajectories(backend, count: int = len(QUESTIONS)) -> list[Trajectory]:
+    prompts = Prompts.load()
+    result = []
+    for problem in QUESTIONS[:count]:
+        text, ids = encode_prompt(backend.tokenizer, prompts.system, problem.question)
+        result.append(Trajectory(problem.id, 0, text, ids))
+    return result
+
+
+def _engine(backend, pool, **limits) -> RolloutEngine:
+    return RolloutEngine(
+        backend, ToolRunner(pool, None, 2000), EngineLimits(**({"max_new_tokens_per_turn": 160} | limits))
+    )
+
+
+def test_tool_results_match_executing_the_code(teacher, pool) -> None:
+    trajectories = _engine(teacher, pool).run(_trajectories(teacher), SamplingParams(temperature=1.0, seed=5))
+    checked = 0
+    for trajectory in trajectories:
+        assert trajectory.finish_reason in {"answer", "eos", "length", "max_tool_calls", "max_turns"}
+        for model_segment, tool_segment in zip(trajectory.segments, trajectory.segments[1:], strict=False):
+            if tool_segment.kind != "tool":
+                continue
+            stop = next(s for s in TOOL_STOPS if model_segment.text.endswith(s))
+            call = parse_tool_call(model_segment.text, stop)
+            expected = tool_segment_text(format_result(pool.run(call.argument), 2000))
+            assert tool_segment.text == expected and tool_segment.tool == "python"
+            checked += 1
+        # ids are the concatenation of per-segment ids; the mask is 0 exactly on tool tokens
+        assert trajectory.completion_ids == [t for s in trajectory.segments for t in s.token_ids]
+        mask = trajectory.completion_mask
+        position = 0
+        for segment in trajectory.segments:
+            assert set(mask[position : position + len(segment.token_ids)]) <= {int(segment.kind == "model")}
+            position += len(segment.token_ids)
+        assert trajectory.response == "".join(s.text for s in trajectory.segments)
+    assert checked >= len(trajectories) // 2  # the teacher mostly uses the tool
+
+
+def test_limits_end_trajectories_with_their_reason(teacher, pool) -> None:
+    no_tools = _engine(teacher, pool, max_tool_calls=0).run(_trajectories(teacher, 6), SamplingParams(temperature=0.0))
+    assert {t.finish_reason for t in no_tools} <= {"max_tool_calls", "answer"}
+    assert "max_tool_calls" in {t.finish_reason for t in no_tools}
+    assert all(t.num_tool_calls == 0 for t in no_tools)
+    short = _engine(teacher, pool, max_new_tokens_per_turn=4).run(
+        _trajectories(teacher, 3), SamplingParams(temperature=0.0)
+    )
+    assert all(t.finish_reason == "length" and t.completion_ids.__len__() == 4 for t in short)
+    budget = _engine(teacher, pool, max_total_tokens=30).run(_trajectories(teacher, 3), SamplingParams(temperature=0.0))
+    assert all(t.finish_reason == "length" and len(t.completion_ids) <= 30 for t in budget)
+    one_turn = _engine(teacher, pool, max_turns=1).run(_trajectories(teacher, 4), SamplingParams(temperature=0.0))
+    assert {t.finish_reason for t in one_turn} <= {"max_turns", "answer"} and all(t.num_turns == 1 for t in one_turn)
+
+
+def _import_questions(lake: Lake, tmp_path: Path, count: int) -> str:
+    from tasks.import_queries import FieldMapping, import_queries
+
+    path = synth.write_jsonl(QUESTIONS[:count], tmp_path / "rt.jsonl")
+    report = import_queries(lake, path, "rt", FieldMapping())
+    assert report.queries_version is not None
+    return report.queries_version.version_id
+
+
+def _config(home: Path, **rollout):
+    overrides = [f"rollout.{key}={value}" for key, value in ({"max_new_tokens_per_turn": 160} | rollout).items()]
+    return load_config("cpu", [*overrides, "tools.python.workers=1"])
+
+
+def test_sharded_ray_run_equals_one_shard_in_process(tiny_models, lake: Lake, home: Path, tmp_path: Path) -> None:
+    queries = _import_questions(lake, tmp_path, 6)
+    config = _config(home, temperature=0.0)
+    spec = ModelSpec("transformers", tiny_models.teacher)
+    whole = run_rollout(lake, queries, "whole", spec, config, n=2, shard_size=100, use_ray=False)
+    sharded = run_rollout(lake, queries, "sharded", spec, config, n=2, shard_size=2, actors=2, use_ray=True)
+    assert sharded.shards_committed == 3 and whole.shards_committed == 1
+    one, many = lake.read(whole.version).to_pylist(), lake.read(sharded.version).to_pylist()
+    assert len(one) == len(many) == 12
+    key = ("trajectory_id", "response", "finish_reason", "segments")
+    assert [{k: row[k] for k in key} for row in one] == [{k: row[k] for k in key} for row in many]
+    assert len({row["trajectory_id"] for row in one}) == 12
+    assert whole.version.input_versions == (queries,) and whole.version.stage == "rollout"
+
+
+ROLLOUT_SCRIPT = """
+import sys
+from schemas.config import load_config
+from schemas.lake import Lake
+from tasks.rollout import ModelSpec, run_rollout
+config = load_config("cpu", ["rollout.max_new_tokens_per_turn=160", "tools.python.workers=1"])
+lake = Lake.from_config(config.runtime)
+def show(done, total):
+    print("progress", done, total, flush=True)
+report = run_rollout(lake, sys.argv[1], "resumed", ModelSpec("transformers", sys.argv[2]), config,
+                     n=2, shard_size=1, use_ray=False, progress=show)
+print("generated", report.generated, flush=True)
+"""
+
+
+def test_a_killed_rollout_resumes_without_duplicates(tiny_models, lake: Lake, home: Path, tmp_path: Path) -> None:
+    queries = _import_questions(lake, tmp_path, 6)
+    env = {**os.environ, "AUTOTRAJ_HOME": str(home)}
+    command = [sys.executable, "-c", ROLLOUT_SCRIPT, queries, tiny_models.teacher]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    assert first.stdout is not None
+    for line in first.stdout:
+        if line.startswith("progress") and int(line.split()[1]) >= 4:  # two shards committed
+            first.kill()
+            break
+    first.wait(timeout=60)
+    committed = sum(info.row_count for info in lake.versions("rollouts") if ".partial-" in info.dataset)
+    assert 4 <= committed < 12
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=True)
+    assert f"generated {12 - committed}" in second.stdout
+    rows = lake.read("rollouts/resumed").to_pylist()
+    assert len(rows) == 12 and len({row["trajectory_id"] for row in rows}) == 12
+    assert set(Counter(row["query_id"] for row in rows).values()) == {2}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model_server(tiny_models):
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "serve-model", "--model", tiny_models.teacher, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.3)
+    else:
+        server.kill()
+        pytest.fail(f"serve-model did not start: {server.stderr.read() if server.stderr else ''}")
+    yield url
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def test_http_backend_against_serve_model_matches_transformers(teacher, tiny_models, model_server, pool) -> None:
+    remote = OpenAIBackend(model_server, "default", tiny_models.teacher, concurrency=4)
+    local_runs = _engine(teacher, pool).run(_trajectories(teacher, 4), SamplingParams(temperature=0.0))
+    remote_runs = _engine(remote, pool).run(_trajectories(remote, 4), SamplingParams(temperature=0.0))
+    assert [t.response for t in remote_runs] == [t.response for t in local_runs]
+    assert [t.completion_ids for t in remote_runs] == [t.completion_ids for t in local_runs]
+    assert remote.failed_requests == 0
+
+
+class _Flaky(BaseHTTPRequestHandler):
+    """A completions server that fails in the ways real ones do, per the `mode` class attribute."""
+
+    mode = "500"
+    calls = 0
+
+    def do_POST(self) -> None:
+        type(self).calls += 1
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.mode == "500":
+            self.send_response(500)
+            self.end_headers()
+        elif self.mode == "slow":
+            time.sleep(3)
+        elif self.mode == "drop":
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("mode", ["500", "slow", "drop"])
+def test_failing_server_is_retried_and_recorded(mode: str, tiny_models, pool) -> None:
+    _Flaky.mode, _Flaky.calls = mode, 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        remote = OpenAIBackend(url, "default", tiny_models.teacher, timeout_s=0.5, attempts=2)
+        trajectories = _engine(remote, pool).run(_trajectories(remote, 2), SamplingParams(temperature=0.0))
+    finally:
+        server.shutdown()
+    assert _Flaky.calls == 4  # two contexts, two attempts each
+    assert all(t.finish_reason == "error" and url in (t.error or "") for t in trajectories)
+    assert remote.failed_requests == 2

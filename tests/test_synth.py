@@ -1,0 +1,87 @@
+"""The synthetic arithmetic task and the TIR grammar helpers."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from tasks import synth
+from tasks.tir import extract_boxed, format_problem, parse_tool_call, tool_segment_text
+
+
+def test_problems_are_reproducible_and_answers_are_right() -> None:
+    first, again = synth.generate(50, seed=7), synth.generate(50, seed=7)
+    assert first == again
+    assert first != synth.generate(50, seed=8)
+    for problem in first:
+        scope: dict[str, int] = {}
+        exec(problem.code, scope)
+        assert scope["answer"] == problem.answer > 0
+        assert problem.answer >= 1000 or "//" in problem.code  # large numbers: mental arithmetic fails
+    assert len({p.code.split("=")[0] for p in first}) >= 2
+    assert len({p.question.split(" ")[1] for p in first}) >= 4  # several templates in use
+
+
+@pytest.mark.parametrize("style", synth.STYLES)
+def test_rendered_styles_follow_the_grammar(style: str) -> None:
+    rng = random.Random(0)
+    problem = synth.generate(1, seed=3)[0]
+    segments = synth.render(problem, style, rng)
+    response = synth.trajectory_text(segments)
+    assert format_problem(response) is None
+    boxed = extract_boxed(response)
+    assert (boxed == str(problem.answer)) == (style != "skip_tool")
+    tool_segments = [text for kind, text in segments if kind == "python"]
+    assert len(tool_segments) == (0 if style == "skip_tool" else 1)
+    if tool_segments:
+        assert tool_segments[0] == tool_segment_text(f"{problem.answer}\n")
+
+
+def test_defect_styles_carry_their_defects() -> None:
+    rng = random.Random(0)
+    problem = synth.generate(1, seed=4)[0]
+    hedging = synth.trajectory_text(synth.render(problem, "hedging", rng))
+    verbose = synth.trajectory_text(synth.render(problem, "verbose", rng))
+    assert any(word in hedging.lower().split() for word in ("maybe", "probably", "might"))
+    assert verbose.count(problem.plan) >= 2
+
+
+def test_write_jsonl_matches_the_import_format(tmp_path) -> None:
+    path = synth.write_jsonl(synth.generate(3, seed=1), tmp_path / "q.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [set(row) for row in rows] == [{"id", "question", "answer", "task"}] * 3
+    assert all(row["task"] == "math" and row["answer"].isdigit() for row in rows)
+
+
+def test_tool_calls_are_parsed_from_the_segment_end() -> None:
+    segment = "<think> x </think>\n<code>\n```python\nprint(1)\n```\n</code>"
+    call = parse_tool_call(segment, "</code>")
+    assert call.tool == "python" and call.argument == "print(1)" and call.error is None
+    query = parse_tool_call("<search>  capital   of France </search>", "</search>")
+    assert query.tool == "search" and query.argument == "capital of France"
+    assert parse_tool_call("no opening </code>", "</code>").error == "</code> without an opening <code>"
+    assert parse_tool_call("<code>  </code>", "</code>").error == "empty <code> block"
+
+
+@pytest.mark.parametrize(
+    ("response", "problem"),
+    [
+        ("<think> a </think><answer> \\boxed{3} </answer>", None),
+        ("<think> a <answer> \\boxed{3} </answer>", "unpaired <think> tags"),
+        ("<code>x</code><answer> \\boxed{3} </answer>", "a tool call without its <result>"),
+        ("<code>x<answer> \\boxed{3} </answer>", "unclosed <code> call"),
+        ("<answer> 3 </answer>", "the answer has no \\boxed{}"),
+        ("<think> a </think>", "no single <answer> block"),
+        ("<answer> \\boxed{3} </answer> more", "text after </answer>"),
+    ],
+)
+def test_format_validation_names_the_problem(response: str, problem: str | None) -> None:
+    assert format_problem(response) == problem
+
+
+def test_boxed_extraction_handles_nesting() -> None:
+    assert extract_boxed("\\boxed{1} then \\boxed{\\frac{1}{2}}") == "\\frac{1}{2}"
+    assert extract_boxed("no box") is None
+    assert extract_boxed("\\boxed{unclosed") is None
