@@ -48,7 +48,7 @@ class BootstrapSize:
     layers: int = 3
     heads: int = 4
     intermediate_size: int = 256
-    teacher_steps: int = 2200
+    teacher_steps: int = 1800
     repairer_steps: int = 400
     batch_size: int = 16
     learning_rate: float = 3e-3

@@ -21,10 +21,10 @@ NAMES = ("Ava", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hana", "Ivan",
 
 @dataclass(frozen=True)
 class Template:
-    """One problem shape: question text, the Python that solves it (it sets `answer`), the plan in words."""
+    """One problem shape: question text, the formula over its numbers (it sets `answer`), the plan in words."""
 
     question: str
-    code: str
+    formula: str
     plan: str
     ranges: dict[str, tuple[int, int]]
 
@@ -33,42 +33,42 @@ TEMPLATES = (
     Template(
         "A warehouse has {a} crates with {b} bottles in each crate. {c} bottles are broken. "
         "How many bottles are not broken?",
-        "answer = {a} * {b} - {c}",
+        "answer = a * b - c",
         "Multiply the crates by the bottles per crate, then subtract the broken bottles.",
         {"a": (120, 9999), "b": (12, 99), "c": (10, 999)},
     ),
     Template(
         "{name} saves {a} dollars every month for {b} months, then spends {c} dollars on a bike. "
         "How many dollars does {name} have left?",
-        "answer = {a} * {b} - {c}",
+        "answer = a * b - c",
         "Multiply the monthly savings by the months, then subtract the cost of the bike.",
         {"a": (150, 4999), "b": (12, 60), "c": (100, 999)},
     ),
     Template(
         "A school orders {a} packs of pencils with {b} pencils per pack and {c} packs of pens with {d} pens "
         "per pack. How many items does the school order in total?",
-        "answer = {a} * {b} + {c} * {d}",
+        "answer = a * b + c * d",
         "Multiply packs by pencils, multiply packs by pens, then add the two products.",
         {"a": (100, 999), "b": (12, 99), "c": (100, 999), "d": (12, 99)},
     ),
     Template(
         "A farm collects {a} eggs on Monday and {b} eggs on Tuesday. The eggs are packed into cartons of {c}. "
         "How many full cartons can be packed?",
-        "eggs = {a} + {b}\nanswer = eggs // {c}",
+        "eggs = a + b\nanswer = eggs // c",
         "Add the eggs of both days, then divide by the carton size and keep whole cartons.",
         {"a": (1000, 99999), "b": (1000, 99999), "c": (6, 48)},
     ),
     Template(
         "A train travels at {a} kilometers per hour for {b} hours and then at {c} kilometers per hour for "
         "{d} hours. How many kilometers does it travel?",
-        "answer = {a} * {b} + {c} * {d}",
+        "answer = a * b + c * d",
         "Multiply each speed by its hours, then add the two distances.",
         {"a": (60, 320), "b": (12, 99), "c": (60, 320), "d": (12, 99)},
     ),
     Template(
         "A library has {a} books. It buys {b} boxes of {c} books each and gives away {d} books. "
         "How many books does it have now?",
-        "answer = {a} + {b} * {c} - {d}",
+        "answer = a + b * c - d",
         "Multiply the boxes by the books per box, add the books it had, then subtract those given away.",
         {"a": (1000, 99999), "b": (12, 99), "c": (12, 99), "d": (100, 999)},
     ),
@@ -91,16 +91,21 @@ def make_problem(rng: random.Random, index: int, prefix: str = "arith") -> Probl
     template = rng.choice(TEMPLATES)
     while True:
         values = {key: rng.randint(low, high) for key, (low, high) in template.ranges.items()}
-        code = template.code.format(**values)
+        question = template.question.format(name=rng.choice(NAMES), **values)
+        # The code quotes the question and parses its numbers: copying a contiguous span is what a
+        # tiny model learns fast, where picking the k-th number out of a sentence is not.
+        code = (
+            f'import re\nquestion = "{question}"\n'
+            f'{", ".join(values)} = [int(n) for n in re.findall(r"\\d+", question)]\n{template.formula}'
+        )
         scope: dict[str, int] = {}
         exec(code, scope)  # our own template with our own integers
         answer = scope["answer"]
         if answer > 0:
             break
-    name = rng.choice(NAMES)
     return Problem(
         id=f"{prefix}-{index:06d}",
-        question=template.question.format(name=name, **values),
+        question=question,
         code=code,
         plan=template.plan.format(**values),
         answer=answer,

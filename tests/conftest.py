@@ -62,3 +62,15 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory):
     from tasks.bootstrap import bootstrap
 
     return bootstrap(tmp_path_factory.mktemp("models"), "test", seed=0)
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray for the whole session (starting it costs seconds), shut down at the end."""
+    import ray
+
+    from tasks.distributed import ensure_ray
+
+    ensure_ray()
+    yield ray
+    ray.shutdown()

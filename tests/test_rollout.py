@@ -107,7 +107,9 @@ def _config(home: Path, **rollout):
     return load_config("cpu", [*overrides, "tools.python.workers=1"])
 
 
-def test_sharded_ray_run_equals_one_shard_in_process(tiny_models, lake: Lake, home: Path, tmp_path: Path) -> None:
+def test_sharded_ray_run_equals_one_shard_in_process(
+    tiny_models, local_ray, lake: Lake, home: Path, tmp_path: Path
+) -> None:
     queries = _import_questions(lake, tmp_path, 6)
     config = _config(home, temperature=0.0)
     spec = ModelSpec("transformers", tiny_models.teacher)

@@ -374,8 +374,8 @@ def test_nothing_is_left_behind(tmp_path: Path) -> None:
     assert not [p for p in Path("/tmp").glob("leftover-*")]
 
 
-def test_pool_runs_inside_a_ray_actor() -> None:
-    import ray
+def test_pool_runs_inside_a_ray_actor(local_ray) -> None:
+    ray = local_ray
 
     @ray.remote(num_cpus=0)
     class ToolActor:
@@ -385,14 +385,13 @@ def test_pool_runs_inside_a_ray_actor() -> None:
         def run(self, snippets: list[str]) -> list[tuple[str, int]]:
             return [(result.stdout, result.worker) for result in self.pool.map(snippets)]
 
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    actor = ToolActor.remote(SAFE_TIERS[0])
     try:
-        actor = ToolActor.remote(SAFE_TIERS[0])
         results = ray.get(
             actor.run.remote([f"import sympy\nprint(sympy.prime({n}))" for n in range(1, 9)]), timeout=120
         )
     finally:
-        ray.shutdown()
+        ray.kill(actor)
     assert [stdout for stdout, _ in results] == [f"{p}\n" for p in (2, 3, 5, 7, 11, 13, 17, 19)]
     assert {worker for _, worker in results} == {0, 1}
 

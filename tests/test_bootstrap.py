@@ -1,0 +1,50 @@
+"""The offline tiny models: they load like any Hugging Face model and meet the test-size targets."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from schemas.config import load_config
+from tasks.bootstrap import bootstrap
+from tasks.bootstrap_eval import evaluate_build
+from tasks.tir import TAG_TOKENS
+
+
+def test_models_load_like_any_hugging_face_model(tiny_models) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models.tokenizer)
+    for tag in TAG_TOKENS:  # whole tokens, so stopping at </code> is exact
+        assert len(tokenizer.encode(tag, add_special_tokens=False)) == 1
+    assert tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"
+    for path in (tiny_models.teacher, tiny_models.repairer):
+        model = AutoModelForCausalLM.from_pretrained(path)
+        assert model.config.model_type == "qwen2" and model.config.vocab_size == len(tokenizer)
+    figures = tiny_models.metrics
+    assert figures["teacher"]["final_loss"] < figures["teacher"]["first_loss"] / 2  # it learned
+
+
+def test_build_is_cached(tiny_models) -> None:
+    started = time.monotonic()
+    again = bootstrap(tiny_models.directory.rsplit("/models/", 1)[0], "test", seed=0)
+    assert not again.built and again.teacher == tiny_models.teacher
+    assert time.monotonic() - started < 5
+
+
+def test_test_size_build_writes_the_grammar_with_the_teacher_defects(tiny_models, capsys) -> None:
+    # Floors that show the models learned the TIR grammar and the teacher's defect mix. The issue's
+    # targets (format >= 80 % / 90 %, correctness) are not met yet at this size; see the README.
+    figures = evaluate_build(Path(tiny_models.directory), load_config("cpu"), questions=64)
+    with capsys.disabled():
+        for model, figure, value, target in figures["rows"]:
+            print(f"\n  bootstrap (test size) {model:8} {figure:22} {value:>5}  target {target}", end="")
+    assert figures["teacher_format_valid"] >= 0.3
+    assert figures["repairer_format_valid"] >= 0.3
+    assert all(count > 0 for count in figures["teacher_defects"].values())
+    assert figures["targets_met"] is (
+        figures["teacher_format_valid"] >= 0.8
+        and 0.3 <= figures["teacher_correct"] <= 0.8
+        and figures["repairer_format_valid"] >= 0.9
+        and figures["repairer_correct"] >= 0.7
+    )
