@@ -96,6 +96,10 @@ class TransformersBackend:
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
         self.batch_size = batch_size
 
+    def _single_token(self, text: str) -> int | None:
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        return ids[0] if len(ids) == 1 else None
+
     def generate(self, contexts: Sequence[list[int]], stop: Sequence[str], params: SamplingParams) -> list[Generation]:
         """Continue the contexts in batches of `batch_size`."""
         results: list[Generation] = []
@@ -119,24 +123,34 @@ class TransformersBackend:
         if params.seed is not None:
             torch.manual_seed(params.seed)
         sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+        # Stop strings that are single tokens (the bootstrap tokenizer's tags) stop on token ids, which
+        # is much cheaper per step than matching strings; anything else goes through stop_strings.
+        stop_ids = [self._single_token(s) for s in stop]
+        by_id = all(token is not None for token in stop_ids)
+        stopping = (
+            {"eos_token_id": [eos, *stop_ids]} if by_id else {"eos_token_id": eos, "stop_strings": list(stop) or None}
+        )
         with torch.inference_mode():
             output = self.model.generate(
                 input_ids=input_ids.to(self.device),
                 attention_mask=attention.to(self.device),
                 max_new_tokens=params.max_new_tokens,
-                stop_strings=list(stop) or None,
                 tokenizer=self.tokenizer,
                 pad_token_id=pad,
-                eos_token_id=eos,
+                **stopping,
                 return_dict_in_generate=True,
                 output_logits=params.logprobs,
                 **(sampling if params.temperature > 0 else {"do_sample": False}),
             )
         new_tokens = output.sequences[:, width:].tolist()
+        stop_set = {token for token in stop_ids if token is not None} if by_id else set()
         results = []
         for row, ids in enumerate(new_tokens):
             ended_by_eos = eos in ids
             ids = ids[: ids.index(eos)] if ended_by_eos else ids
+            cut = next((position for position, token in enumerate(ids) if token in stop_set), None)
+            if cut is not None:  # keep the stop token itself; what follows is padding
+                ids, ended_by_eos = ids[: cut + 1], False
             while ids and ids[-1] == pad and not ended_by_eos and pad != eos:
                 ids = ids[:-1]  # a row that stopped early is padded to the batch's length
             generation = finish_generation(self.tokenizer, ids, stop, ended_by_eos)
