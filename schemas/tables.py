@@ -63,7 +63,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             _field("prompt_token_ids", pa.list_(pa.int32())),
             _required("response", pa.string()),
             _required("segments", SEGMENTS),
-            _required("finish_reason", pa.string()),  # answer | eos | length | max_tool_calls | error
+            _required("finish_reason", pa.string()),  # answer | eos | length | max_tool_calls | max_turns | error
             _required("num_turns", pa.int32()),
             _required("num_tool_calls", pa.int32()),
             _required("prompt_tokens", pa.int32()),

@@ -69,8 +69,6 @@ class GenerationSettings:
     limits: EngineLimits
     sampling: SamplingParams
     prompts: Prompts
-    use_search: bool = True
-    use_python: bool = True
 
 
 def trajectory_rows(trajectories: Sequence[Trajectory], ids: dict[tuple[str, int], str], model: str) -> list[dict]:
@@ -113,8 +111,8 @@ class GenerationWorker:
         self.settings = settings
         self.backend = spec.build()
         tools = settings.config.tools
-        self.pool = SandboxPool(tools.python) if settings.use_python else None
-        searcher = searcher_from_config(tools.search, settings.config.runtime.data_dir) if settings.use_search else None
+        self.pool = SandboxPool(tools.python)
+        searcher = searcher_from_config(tools.search, settings.config.runtime.data_dir)
         self.runner = ToolRunner(self.pool, searcher, tools.max_result_chars, tools.search.top_k)
         self.engine = RolloutEngine(self.backend, self.runner, settings.limits)
 
@@ -134,8 +132,7 @@ class GenerationWorker:
     def close(self) -> None:
         """Stop the sandbox pool and the tool threads."""
         self.runner.close()
-        if self.pool is not None:
-            self.pool.close()
+        self.pool.close()
 
 
 def settings_from_config(config: PipelineConfig, rollout: RolloutConfig | None = None) -> GenerationSettings:
