@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import httpx
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from tools_sandbox.http_retry import post_json
 
 log = logging.getLogger(__name__)
 Finish = Literal["stop", "eos", "length", "error"]
@@ -162,12 +163,6 @@ class TransformersBackend:
         return results
 
 
-def _retryable(exc: BaseException) -> bool:
-    if isinstance(exc, httpx.HTTPStatusError):
-        return exc.response.status_code == 429 or exc.response.status_code >= 500
-    return isinstance(exc, httpx.TransportError)
-
-
 class OpenAIBackend:
     """An OpenAI-compatible /v1/completions server, one request per context, `concurrency` in flight."""
 
@@ -212,15 +207,7 @@ class OpenAIBackend:
         if params.logprobs:
             body["logprobs"] = 1
         try:
-            for attempt in Retrying(
-                retry=retry_if_exception(_retryable),
-                stop=stop_after_attempt(self.attempts),
-                wait=wait_exponential(multiplier=0.5, max=8.0),
-                reraise=True,
-            ):
-                with attempt:
-                    response = self.client.post(self.url, json=body)
-                    response.raise_for_status()
+            response = post_json(self.client, self.url, body, self.attempts, backoff_s=0.5, max_wait_s=8.0)
             choice = response.json()["choices"][0]
         except (httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
             self.failed_requests += 1

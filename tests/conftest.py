@@ -17,6 +17,15 @@ FIXTURES = TESTS_DIR / "fixtures"
 SHARED_DATA = TESTS_DIR.parent.parent / "shared" / "data"
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture()
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh AUTOTRAJ_HOME for this test."""

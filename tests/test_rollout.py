@@ -22,6 +22,7 @@ from tasks.engine import FINISH_REASONS, EngineLimits, Prompts, RolloutEngine, T
 from tasks.llm import OpenAIBackend, SamplingParams, TransformersBackend
 from tasks.rollout import ModelSpec, run_rollout
 from tasks.tir import TOOL_STOPS, parse_tool_call, tool_segment_text
+from tests.conftest import free_port
 from tools_sandbox.executor import SandboxPool
 from tools_sandbox.results import format_result
 
@@ -159,15 +160,9 @@ def test_a_killed_rollout_resumes_without_duplicates(tiny_models, lake: Lake, ho
     assert set(Counter(row["query_id"] for row in rows).values()) == {2}
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def model_server(tiny_models):
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "serve-model", "--model", tiny_models.teacher, "--port", str(port)],
         stdout=subprocess.DEVNULL,

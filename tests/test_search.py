@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -17,19 +16,13 @@ import httpx
 import pytest
 
 from schemas.config import SearchConfig
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, free_port
 from tools_sandbox.protocol import ExecResult
 from tools_sandbox.results import format_result, truncate
 from tools_sandbox.search import CachedSearch, LocalSearch, Passage, RemoteSearch, SearchError, searcher_from_config
 
 CORPUS = SHARED_DATA / "corpus" / "wiki_sample.jsonl"
 pytestmark = pytest.mark.skipif(not CORPUS.exists(), reason="needs ../shared/data beside the checkout")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +122,7 @@ def test_search_cache_replays_the_first_answer(local: LocalSearch, tmp_path: Pat
 @pytest.fixture(scope="module")
 def served(index_home: Path):
     """`autotraj tools serve-search` in its own process on a free 127.0.0.1 port."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "AUTOTRAJ_HOME": str(index_home)}
     process = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "tools", "serve-search", "--port", str(port)],
@@ -169,7 +162,7 @@ def test_http_client_against_serve_search_matches_local(served: str, local: Loca
 
 
 def test_dead_server_is_a_clear_error() -> None:
-    remote = RemoteSearch(f"http://127.0.0.1:{_free_port()}", timeout_s=1, attempts=2)
+    remote = RemoteSearch(f"http://127.0.0.1:{free_port()}", timeout_s=1, attempts=2)
     with pytest.raises(SearchError, match=r"unreachable after 2 attempts"):
         remote.search("anything")
 

@@ -22,9 +22,9 @@ from typing import Any, Protocol
 
 import httpx
 from pydantic import BaseModel, Field
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from schemas.config import SearchConfig
+from tools_sandbox.http_retry import post_json
 
 log = logging.getLogger(__name__)
 INDEX_FORMAT = 1
@@ -152,12 +152,6 @@ class LocalSearch:
         return self.batch_search([query], k)[0]
 
 
-def _retryable(exc: BaseException) -> bool:
-    if isinstance(exc, httpx.HTTPStatusError):
-        return exc.response.status_code == 429 or exc.response.status_code >= 500
-    return isinstance(exc, httpx.TransportError)
-
-
 class RemoteSearch:
     """Client of a FlashRAG-style retriever service, with timeouts and retries with backoff."""
 
@@ -173,15 +167,7 @@ class RemoteSearch:
         """Top-k passages for one query from the server."""
         payload = {"query": query, "top_n": k, "return_score": True}
         try:
-            for attempt in Retrying(
-                retry=retry_if_exception(_retryable),
-                stop=stop_after_attempt(self.attempts),
-                wait=wait_exponential(multiplier=0.2, max=3.0),
-                reraise=True,
-            ):
-                with attempt:
-                    response = self.client.post(self.url, json=payload)
-                    response.raise_for_status()
+            response = post_json(self.client, self.url, payload, self.attempts, backoff_s=0.2, max_wait_s=3.0)
         except httpx.TimeoutException as exc:
             raise SearchError(f"search server {self.url} timed out after {self.attempts} attempts ({exc!r})") from exc
         except httpx.TransportError as exc:
