@@ -432,6 +432,27 @@ def bootstrap(
     console.print(f"teacher: {result.teacher}\nrepairer: {result.repairer}")
 
 
+def _dataset_name(ref: str) -> str:
+    """The dataset part of a version reference: queries/name@2 -> name."""
+    return ref.split("/")[-1].split("@")[0]
+
+
+def _model_spec(
+    config: PipelineConfig, model: str | None, role: str, backend: str, tokenizer: str | None, served_name: str | None
+) -> Any:
+    """Which model writes: a path or URL (default: the bootstrap build's `role` model), checked."""
+    from tasks.bootstrap import model_dir
+    from tasks.rollout import ModelSpec
+
+    model = model or str(model_dir(config.runtime.data_dir) / role)
+    kind = "openai" if model.startswith(("http://", "https://")) else backend
+    if kind != "openai" and not Path(model).exists():
+        raise _fail(f"model {model} not found; run `autotraj bootstrap` or pass --model PATH|URL")
+    if kind == "openai" and tokenizer is None:
+        raise _fail("an openai backend needs --tokenizer PATH (a local copy of the served model's tokenizer)")
+    return ModelSpec(kind, model, tokenizer, served_name)
+
+
 @app.command()
 def rollout(
     ctx: typer.Context,
@@ -452,19 +473,12 @@ def rollout(
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Generate in this process instead of Ray actors.")] = False,
 ) -> None:
     """Write N trajectories per query with real tool execution; resumable shard by shard."""
-    from tasks.bootstrap import model_dir
-    from tasks.rollout import ModelSpec, run_rollout
+    from tasks.rollout import run_rollout
 
     config = _config(ctx)
-    model = model or str(model_dir(config.runtime.data_dir) / "teacher")
-    kind = backend or ("openai" if model.startswith(("http://", "https://")) else config.rollout.backend)
-    if kind != "openai" and not Path(model).exists():
-        raise _fail(f"model {model} not found; run `autotraj bootstrap` or pass --model PATH|URL")
-    if kind == "openai" and tokenizer is None:
-        raise _fail("an openai backend needs --tokenizer PATH (a local copy of the served model's tokenizer)")
+    spec = _model_spec(config, model, "teacher", backend or config.rollout.backend, tokenizer, served_name)
     lake = _lake(ctx)
-    dataset = name or f"{queries.split('/')[-1].split('@')[0]}-rollout"
-    spec = ModelSpec(kind, model, tokenizer, served_name)
+    dataset = name or f"{_dataset_name(queries)}-rollout"
     with _Progress() as bar:
         report = run_rollout(
             lake, queries, dataset, spec, config, n=n, actors=actors, shard_size=shard_size, limit=limit,
@@ -476,6 +490,152 @@ def rollout(
     )
     if report.errors:
         raise _fail(f"{report.errors} trajectories errored; re-run the same command to retry them", code=1)
+
+
+@app.command()
+def score(
+    ctx: typer.Context,
+    rollouts: Annotated[
+        str, typer.Option("--rollouts", "-r", help="Rollouts version (name, name@N, rollouts/name@N).")
+    ],
+    name: Annotated[
+        str | None, typer.Option("--name", help="Output scores dataset [default: the rollouts' name].")
+    ] = None,
+) -> None:
+    """Verify answers, score quality and label every query's candidates."""
+    from tasks.score import LABELS, run_score
+
+    report = run_score(_lake(ctx), rollouts, name or _dataset_name(rollouts), _config(ctx))
+    metrics = report.metrics
+    table = Table(
+        "label",
+        "trajectories",
+        "mean quality",
+        "p25",
+        "p50",
+        "p75",
+        title=f"scores of {metrics['candidates']} trajectories over {metrics['queries']} queries",
+    )
+    for label in LABELS:
+        stats = metrics["quality"][label]
+        table.add_row(label, str(metrics[label]), *[str(stats.get(key, "–")) for key in ("mean", "p25", "p50", "p75")])
+    console.print(table)
+    console.print(
+        f"wrote [bold]{report.version.version_id}[/]; format invalid {metrics['format_invalid']}, "
+        f"verifier errors {metrics['verify_errors']}"
+    )
+
+
+@app.command()
+def repair(
+    ctx: typer.Context,
+    scores: Annotated[str, typer.Option("--scores", "-s", help="Scores version (name, name@N, scores/name@N).")],
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Repairer path or URL [default: the bootstrap repairer].")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Output repairs dataset [default: the scores' name].")
+    ] = None,
+    backend: Annotated[str | None, typer.Option(help="transformers, openai or vllm [default: repair.backend].")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="Local tokenizer for an openai backend.")] = None,
+    served_name: Annotated[str | None, typer.Option(help="Model name an openai server expects.")] = None,
+    actors: Annotated[int, typer.Option(help="Ray generation actors (one per GPU).")] = 1,
+    shard_size: Annotated[int, typer.Option(help="Repairs per shard (each shard is committed when done).")] = 16,
+    no_ray: Annotated[bool, typer.Option("--no-ray", help="Generate in this process instead of Ray actors.")] = False,
+) -> None:
+    """Have the repairer rewrite every low-quality and wrong trajectory; accept or keep as hard cases."""
+    from tasks.repair import run_repair
+
+    config = _config(ctx)
+    spec = _model_spec(config, model, "repairer", backend or config.repair.backend, tokenizer, served_name)
+    with _Progress() as bar:
+        report = run_repair(
+            _lake(ctx), scores, name or _dataset_name(scores), spec, config, actors=actors, shard_size=shard_size,
+            use_ray=not no_ray, progress=lambda done, total: bar.update("repairs", done, total),
+        )  # fmt: skip
+    metrics = report.metrics
+    table = Table(
+        "source label", "sources", "accepted", "hard cases", "mean quality: originals → repairs", title="repair"
+    )
+    for label, kind in metrics["by_source_label"].items():
+        before, after = kind["originals_of_accepted_quality"].get("mean"), kind["accepted_quality"].get("mean")
+        change = f"{before} → {after}" if after is not None else "–"
+        table.add_row(label, str(kind["sources"]), str(kind["accepted"]), str(kind["hard_cases"]), change)
+    console.print(table)
+    console.print(
+        f"wrote [bold]{report.version.version_id}[/]: {metrics['attempts']} attempts; "
+        f"hard-case reasons {metrics['reject_reasons']}"
+    )
+
+
+@app.command()
+def pairs(
+    ctx: typer.Context,
+    repairs: Annotated[str, typer.Option("--repairs", help="Repairs version (name, name@N, repairs/name@N).")],
+    name: Annotated[
+        str | None, typer.Option("--name", help="Output dataset name [default: the repairs' name].")
+    ] = None,
+) -> None:
+    """Build the SFT set (high quality + accepted repairs) and the preference pairs."""
+    from tasks.pairs import run_pairs
+
+    report = run_pairs(_lake(ctx), repairs, name or _dataset_name(repairs), _config(ctx))
+    metrics = report.metrics
+    console.print(
+        f"wrote [bold]{report.sft_examples.version_id}[/] ({metrics['sft_high_quality']} high quality + "
+        f"{metrics['sft_repairs']} repairs) and [bold]{report.preference_pairs.version_id}[/] "
+        f"({metrics['preference_pairs']} pairs); duplicates removed {metrics['duplicates_removed']}"
+    )
+
+
+@app.command()
+def export(
+    ctx: typer.Context,
+    kind: Annotated[str, typer.Argument(help="sft or pairs.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output .jsonl file.")],
+    version: Annotated[
+        str | None, typer.Option("--version", "-v", help="Dataset version [default: the latest written].")
+    ] = None,
+    output_format: Annotated[str, typer.Option("--format", "-f", help="trl, llamafactory or sharegpt.")] = "trl",
+) -> None:
+    """Export SFT examples or preference pairs for another trainer (tool results stay in the text)."""
+    from tasks.engine import Prompts
+    from tasks.export import FORMATS, KINDS, export_rows
+
+    if kind not in KINDS:
+        raise _fail(f"unknown kind {kind!r}; choose sft or pairs")
+    if output_format not in FORMATS:
+        raise _fail(f"unknown format {output_format!r}; choose from {', '.join(FORMATS)}")
+    config = _config(ctx)
+    lake = _lake(ctx)
+    table = KINDS[kind]
+    if version is None:
+        written = sorted(lake.versions(table), key=lambda info: info.created_at)
+        if not written:
+            raise _fail(f"no {table} version yet; run `autotraj pairs` first")
+        info = written[-1]
+    else:
+        info = lake.resolve(version, table)
+    system = Prompts.load(config.rollout.system_prompt_file, config.rollout.user_template_file).system
+    count = export_rows(kind, lake.read(info).to_pylist(), output_format, system, out)
+    console.print(f"wrote {count} rows of {info.version_id} to {out} ({output_format})")
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    repairs: Annotated[str, typer.Option("--repairs", help="Repairs version (name, name@N, repairs/name@N).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Directory [default: <data dir>/reports/<name>].")
+    ] = None,
+) -> None:
+    """Write a markdown report with quality histograms before and after repair."""
+    from tasks.report import write_report
+
+    config = _config(ctx)
+    out = out or Path(config.runtime.data_dir) / "reports" / _dataset_name(repairs)
+    path = write_report(_lake(ctx), repairs, out)
+    console.print(f"wrote {path} and {path.parent / 'quality.png'}")
 
 
 @app.command("serve-model")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import json
 import os
 import re
 import subprocess
@@ -301,6 +302,46 @@ class Lake:
             batch.write(table, dataset, data)
         return batch.committed[0]
 
+    def commit_stage(
+        self,
+        dataset: str,
+        outputs: Mapping[str, pa.Table | Iterable[Mapping[str, Any]]],
+        lineage: Lineage,
+        metrics: Mapping[str, Any],
+    ) -> dict[str, VersionInfo]:
+        """A stage's outputs (table → rows) and its metrics (`stage_reports/<dataset>`), in one commit.
+
+        When every output's latest version already came from the same config, inputs and code,
+        nothing is written and those versions are returned: a re-run or a retry never duplicates rows.
+        """
+        existing = {table: self.latest_matching(table, dataset, lineage) for table in outputs}
+        if all(existing.values()):
+            return existing  # type: ignore[return-value]
+        reports = [
+            {"stage": lineage.stage, "table_name": table, "metrics": json.dumps(metrics, default=str)}
+            for table in outputs
+        ]
+        with self.transaction(lineage) as batch:
+            for table, rows in outputs.items():
+                batch.write(table, dataset, rows)
+            batch.write("stage_reports", dataset, reports)
+        return {info.table_name: info for info in batch.committed if info.table_name in outputs}
+
+    def stage_metrics(self, info: VersionInfo) -> dict[str, Any]:
+        """The metrics a stage stored with one of its output versions (empty when none)."""
+        for report in self.versions("stage_reports", info.dataset, run_id=info.run_id):
+            for row in self.read(report).to_pylist():
+                if row["table_name"] == info.table_name:
+                    return json.loads(row["metrics"])
+        return {}
+
+    def input_of(self, info: VersionInfo, table: str) -> VersionInfo:
+        """The version of `table` that `info` was made from, found through its lineage."""
+        for ref in info.input_versions:
+            if ref.startswith(f"{table}/"):
+                return self.resolve(ref)
+        raise LakeError(f"{info.version_id} records no {table} version among its inputs {list(info.input_versions)}")
+
     def _commit(self, writes: list[_PendingWrite], lineage: Lineage) -> list[VersionInfo]:
         self.initialize()
         flow_run_id = lineage.prefect_flow_run_id or current_flow_run_id()
@@ -380,6 +421,23 @@ class Lake:
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._query(f"SELECT * FROM lake.runs {where} ORDER BY table_name, dataset, version", params)
         return [VersionInfo.from_row(row) for row in rows.to_pylist()]
+
+    def latest_matching(self, table: str, dataset: str, lineage: Lineage) -> VersionInfo | None:
+        """The latest version of a dataset when it came from the same config and inputs as `lineage`.
+
+        A stage that would write the same rows again returns this instead, so a re-run or retry
+        adds no version and no row. Another code version counts as another config.
+        """
+        versions = self.versions(table, dataset)
+        if not versions:
+            return None
+        latest = versions[-1]
+        same = (latest.config_hash, latest.input_versions, latest.code_version) == (
+            lineage.config_hash,
+            tuple(lineage.input_versions),
+            code_version(),
+        )
+        return latest if same else None
 
     def resolve(self, ref: str, table: str | None = None) -> VersionInfo:
         """Find a version from `table/dataset@N`, `table/dataset` (latest) or, given a table, `dataset[@N]`."""

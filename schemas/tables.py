@@ -187,6 +187,15 @@ SCHEMAS: dict[str, pa.Schema] = {
             _field("raw", pa.string()),
         ]
     ),
+    # The counts and distributions a stage printed, committed with its output (same run id).
+    "stage_reports": pa.schema(
+        [
+            _VERSION,
+            _required("stage", pa.string()),
+            _required("table_name", pa.string()),  # the output table it describes
+            _required("metrics", pa.string()),  # JSON
+        ]
+    ),
     # The lineage catalog: one row per committed dataset version (not itself versioned).
     "runs": pa.schema(
         [

@@ -5,7 +5,7 @@ scratch, on synthetic trajectories of the arithmetic task (tasks/synth.py):
 - the **teacher** imitates a real teacher's spread of quality: mostly clean tool use, some hedging,
   some verbose/repetitive thinking, some skipping the tool and guessing a wrong number;
 - the **repairer** reads the repair prompt (question + a bad trajectory) and writes a clean one.
-Both are Qwen2-architecture models saved in Hugging Face format, so every later stage loads them
+Both are Llama-architecture models saved in Hugging Face format, so every later stage loads them
 with `AutoModelForCausalLM.from_pretrained(path)` like any real model.
 
 The training loop is a plain PyTorch loop: this is from-scratch pretraining of a ~2M-parameter model
@@ -18,8 +18,9 @@ import json
 import logging
 import random
 import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,15 +29,16 @@ from tasks import synth
 from tasks.tir import TAG_TOKENS, load_prompt
 
 log = logging.getLogger(__name__)
-BOOTSTRAP_FORMAT = 1
+BOOTSTRAP_FORMAT = 2
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
 TEACHER_STYLES = {"clean": 0.40, "hedging": 0.15, "verbose": 0.15, "skip_tool": 0.30}
-NUMBER_LOSS_WEIGHT = 4.0
-REPAIR_SOURCES = {"hedging": 0.3, "verbose": 0.3, "skip_tool": 0.4}
+# A teacher that copied a number wrongly is a source the repairer must fix by reading the question,
+# not the bad code.
+REPAIR_SOURCES = {"hedging": 0.25, "verbose": 0.25, "skip_tool": 0.3, "miscopied": 0.2}
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class BootstrapSize:
     batch_size: int = 16
     learning_rate: float = 3e-3
     tokenizer_problems: int = 2000
+    number_loss_weight: float = 4.0  # numbers are what the task is about and a small share of the tokens
 
     @classmethod
     def named(cls, name: str) -> BootstrapSize:
@@ -62,13 +65,6 @@ class BootstrapSize:
         if name == "test":
             return cls(teacher_steps=300, repairer_steps=100)
         raise ValueError(f"unknown bootstrap size {name!r}; choose full or test")
-
-
-def repair_user_message(question: str, trajectory: str, source_is_wrong: bool, prompt_files: dict | None = None) -> str:
-    """The repair prompt: the matching variant, showing the question AND the bad trajectory."""
-    name = "repair_wrong" if source_is_wrong else "repair_low_quality"
-    template = load_prompt(name, (prompt_files or {}).get(name))
-    return template.format(question=question, trajectory=trajectory)
 
 
 def build_tokenizer(out_dir: Path, size: BootstrapSize, seed: int) -> Any:
@@ -85,7 +81,8 @@ def build_tokenizer(out_dir: Path, size: BootstrapSize, seed: int) -> Any:
         corpus += [problem.question, synth.trajectory_text(synth.render(problem, style, rng))]
     tokenizer = Tokenizer(models.BPE())
     # Whole numbers stay one pre-token (GPT-2's split), so a number is the same few tokens wherever
-    # it appears, and copying it from the question into code is token identity, which tiny models learn.
+    # it appears, and copying it from the question into code is token identity, which tiny models
+    # learn fast (with one token per digit, copying shows up far later).
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -108,10 +105,31 @@ def build_tokenizer(out_dir: Path, size: BootstrapSize, seed: int) -> Any:
     return wrapped
 
 
-def _messages_ids(tokenizer: Any, user: str) -> list[int]:
+def check_reload(tokenizer: Any, config: Any) -> None:
+    """Fail early unless a model directory holding this tokenizer reloads it token for token."""
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as directory:
+        config.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+        reloaded = AutoTokenizer.from_pretrained(directory)
+    problem = synth.generate(1, 0, prefix="check")[0]
+    sample = _messages_text(tokenizer, problem.question) + synth.trajectory_text(
+        synth.render(problem, "clean", random.Random(0))
+    )
+    if reloaded.encode(sample, add_special_tokens=False) != tokenizer.encode(sample, add_special_tokens=False):
+        raise RuntimeError(
+            f"the tokenizer reloads as {type(reloaded).__name__} and tokenizes differently from the trained one"
+        )
+
+
+def _messages_text(tokenizer: Any, user: str) -> str:
     messages = [{"role": "system", "content": load_prompt("system")}, {"role": "user", "content": user}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer.encode(text, add_special_tokens=False)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _messages_ids(tokenizer: Any, user: str) -> list[int]:
+    return tokenizer.encode(_messages_text(tokenizer, user), add_special_tokens=False)
 
 
 def encode_example(tokenizer: Any, user: str, segments: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
@@ -134,30 +152,25 @@ def teacher_example(tokenizer: Any, rng: random.Random) -> tuple[list[int], list
 
 def repairer_example(tokenizer: Any, rng: random.Random) -> tuple[list[int], list[int]]:
     """A repair prompt around a flawed trajectory, answered with a clean one."""
+    from tasks.repair import repair_prompt
+
     problem = synth.make_problem(rng, 0, prefix="train")
     source = _pick(rng, REPAIR_SOURCES)
     bad = synth.trajectory_text(synth.render(problem, source, rng))
-    user = repair_user_message(problem.question, bad, source_is_wrong=source == "skip_tool")
+    user = repair_prompt(problem.question, bad, "wrong" if source in synth.WRONG_STYLES else "low_quality")
     return encode_example(tokenizer, user, synth.render(problem, "clean", rng))
 
 
-def train_model(
-    tokenizer: Any,
-    make_example: Callable[[Any, random.Random], tuple[list[int], list[int]]],
-    steps: int,
-    size: BootstrapSize,
-    seed: int,
-    out_dir: Path,
-    progress: Callable[[int, float], None] | None = None,
-    init_from: Path | None = None,
-) -> dict[str, float]:
-    """Train a tiny Qwen2 (from scratch, or on from `init_from`) on fresh examples; save it; return losses."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM, get_wsd_schedule
+def model_config(tokenizer: Any, size: BootstrapSize) -> Any:
+    """The tiny Llama's configuration.
 
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    config = Qwen2Config(
+    Llama rather than Qwen2: transformers loads every qwen2 model directory with Qwen2Tokenizer,
+    which replaces the trained pre-tokenizer with Qwen's (one token per digit); llama directories
+    keep the tokenizer they hold.
+    """
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=size.hidden_size,
         intermediate_size=size.intermediate_size,
@@ -170,13 +183,46 @@ def train_model(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model = Qwen2ForCausalLM.from_pretrained(init_from) if init_from else Qwen2ForCausalLM(config)
-    # Numbers are what the task is about and a small share of the tokens: weigh them up.
+
+
+def _length_grouped_batches(
+    tokenizer: Any, make_example: Callable, rng: random.Random, batch_size: int, group: int = 8
+) -> Iterator[list[tuple[list[int], list[int]]]]:
+    """Endless batches of fresh examples; each batch holds examples of similar length (less padding)."""
+    while True:
+        examples = sorted((make_example(tokenizer, rng) for _ in range(batch_size * group)), key=lambda e: len(e[0]))
+        batches = [examples[start : start + batch_size] for start in range(0, len(examples), batch_size)]
+        rng.shuffle(batches)
+        yield from batches
+
+
+def train_model(
+    tokenizer: Any,
+    make_example: Callable[[Any, random.Random], tuple[list[int], list[int]]],
+    steps: int,
+    size: BootstrapSize,
+    seed: int,
+    out_dir: Path,
+    progress: Callable[[int, float], None] | None = None,
+    init_from: Path | None = None,
+    device: str | None = None,
+) -> dict[str, float]:
+    """Train a tiny Llama (from scratch, or on from `init_from`) on fresh examples; save it; return losses."""
+    import torch
+    from transformers import LlamaForCausalLM, get_wsd_schedule
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    config = model_config(tokenizer, size)
+    model = LlamaForCausalLM.from_pretrained(init_from) if init_from else LlamaForCausalLM(config)
+    model.to(device)
     number_weight = torch.tensor(
         [
-            NUMBER_LOSS_WEIGHT if any(c.isdigit() for c in token) else 1.0
+            size.number_loss_weight if any(c.isdigit() for c in token) else 1.0
             for token in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-        ]
+        ],
+        device=device,
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=size.learning_rate, weight_decay=0.01)
     # Warmup, a long stable phase (copying numbers emerges late, at full learning rate), a short decay.
@@ -185,8 +231,10 @@ def train_model(
     )
     model.train()
     losses: list[float] = []
+    batches = _length_grouped_batches(tokenizer, make_example, rng, size.batch_size)
+    weighted_tokens = 0.0
     for step in range(steps):
-        batch = [make_example(tokenizer, rng) for _ in range(size.batch_size)]
+        batch = next(batches)
         width = max(len(ids) for ids, _ in batch)
         input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
         labels = torch.full((len(batch), width), -100)
@@ -195,14 +243,19 @@ def train_model(
             input_ids[row, : len(ids)] = torch.tensor(ids)
             labels[row, : len(ids)] = torch.tensor(row_labels)
             attention[row, : len(ids)] = 1
+        input_ids, labels, attention = input_ids.to(device), labels.to(device), attention.to(device)
         logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1]
         targets = labels[:, 1:]
         per_token = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
         )
         weights = (targets.reshape(-1) != -100).float() * number_weight[targets.reshape(-1).clamp(min=0)]
-        loss = (per_token * weights).sum() / weights.sum()
-        loss.backward()
+        total = (per_token * weights).sum()
+        loss = total / weights.sum()  # per token: what is reported
+        # Batches are grouped by length, so divide by the mean weighted tokens per batch so far, not this
+        # batch's own count: every example then weighs the same whether its batch is short or long.
+        weighted_tokens += weights.sum().item()
+        (total * (step + 1) / weighted_tokens).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
@@ -210,7 +263,7 @@ def train_model(
         losses.append(loss.item())
         if progress is not None:
             progress(step + 1, loss.item())
-    model.eval()
+    model.eval().to("cpu")
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(out_dir)
@@ -261,6 +314,7 @@ def bootstrap(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     tokenizer = build_tokenizer(staging / "tokenizer", size, seed)
+    check_reload(tokenizer, model_config(tokenizer, size))
     metrics: dict[str, Any] = {"tokenizer_vocab": len(tokenizer)}
     # The repairer starts from the teacher: it already reads questions and copies numbers into code,
     # and only has to learn to read a repair prompt and always answer cleanly.

@@ -1,8 +1,8 @@
 """Check a bootstrap build against its targets on held-out synthetic questions, with the real engine.
 
-Teacher (sampled, as rollout samples it): format-valid >= 80 %, correct in [30 %, 80 %], and every
-defect kind present (hedging, repetition, skipped tool). Repairer (greedy, on repair prompts built
-from flawed trajectories): format-valid >= 90 %, correct >= 70 %.
+Teacher (sampled at rollout.temperature): format-valid >= 80 %, correct in [30 %, 80 %], and every
+defect kind present (hedging, repetition, skipped tool). Repairer (sampled at repair.temperature, on
+repair prompts built from flawed trajectories): format-valid >= 90 %, correct >= 70 %.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from typing import Any
 
 from schemas.config import PipelineConfig
 from tasks import synth
-from tasks.bootstrap import REPAIR_SOURCES, repair_user_message
+from tasks.bootstrap import REPAIR_SOURCES
 from tasks.engine import EngineLimits, Prompts, RolloutEngine, ToolRunner, Trajectory, encode_prompt
 from tasks.llm import SamplingParams, TransformersBackend
+from tasks.repair import repair_prompt
 from tasks.tir import extract_boxed, format_problem
 
 HELD_OUT_SEED = 10_000  # far from the training stream's seeds
@@ -56,12 +57,19 @@ def evaluate_build(directory: Path, config: PipelineConfig, questions: int = 200
     rng = random.Random(HELD_OUT_SEED)
     sources = [rng.choices(list(REPAIR_SOURCES), weights=list(REPAIR_SOURCES.values()))[0] for _ in problems]
     repair_users = [
-        repair_user_message(p.question, synth.trajectory_text(synth.render(p, source, rng)), source == "skip_tool")
+        repair_prompt(
+            p.question,
+            synth.trajectory_text(synth.render(p, source, rng)),
+            "wrong" if source in synth.WRONG_STYLES else "low_quality",
+        )
         for p, source in zip(problems, sources, strict=True)
     ]
     with SandboxPool(config.tools.python) as pool:
-        teacher = _run(directory / "teacher", [p.question for p in problems], 1.0, config, pool)
-        repairer = _run(directory / "repairer", repair_users, 0.0, config, pool)
+        # Each model is sampled as the pipeline samples it: the teacher at rollout.temperature, the
+        # repairer at repair.temperature.
+        questions = [p.question for p in problems]
+        teacher = _run(directory / "teacher", questions, config.rollout.temperature, config, pool)
+        repairer = _run(directory / "repairer", repair_users, config.repair.temperature, config, pool)
 
     def rates(trajectories: list[Trajectory]) -> tuple[float, float]:
         valid = sum(format_problem(t.response) is None for t in trajectories) / len(trajectories)

@@ -71,14 +71,14 @@ class GenerationSettings:
     prompts: Prompts
 
 
-def trajectory_rows(trajectories: Sequence[Trajectory], ids: dict[tuple[str, int], str], model: str) -> list[dict]:
-    """Rollouts-table rows for finished trajectories."""
+def trajectory_rows(items: Sequence[WorkItem], trajectories: Sequence[Trajectory], model: str) -> list[dict]:
+    """Rollouts-table rows for finished trajectories (one per work item)."""
     rows = []
-    for trajectory in trajectories:
+    for item, trajectory in zip(items, trajectories, strict=True):
         completion = trajectory.completion_ids
         rows.append(
             {
-                "trajectory_id": ids[(trajectory.query_id, trajectory.sample_index)],
+                "trajectory_id": item.trajectory_id,
                 "query_id": trajectory.query_id,
                 "sample_index": trajectory.sample_index,
                 "model": model,
@@ -126,8 +126,7 @@ class GenerationWorker:
         sampling = self.settings.sampling
         params = SamplingParams(sampling.max_new_tokens, sampling.temperature, sampling.top_p, seed, sampling.logprobs)
         self.engine.run(trajectories, params)
-        ids = {(item.query_id, item.sample_index): item.trajectory_id for item in items}
-        return trajectory_rows(trajectories, ids, self.spec.label)
+        return trajectory_rows(items, trajectories, self.spec.label)
 
     def close(self) -> None:
         """Stop the sandbox pool and the tool threads."""
@@ -156,7 +155,8 @@ def settings_from_config(config: PipelineConfig, rollout: RolloutConfig | None =
     )
 
 
-def _digest(*parts: Any) -> str:
+def digest(*parts: Any) -> str:
+    """A stable hex digest of JSON-able parts (ids and resume keys are made from it)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -165,7 +165,7 @@ def work_items(queries: pa.Table, n: int, spec: ModelSpec, key: str, user_templa
     items = []
     for row in queries.select(["query_id", "question"]).to_pylist():
         for sample in range(n):
-            trajectory_id = "t" + _digest(key, row["query_id"], sample)[:16]
+            trajectory_id = "t" + digest(key, row["query_id"], sample)[:16]
             items.append(
                 WorkItem(trajectory_id, row["query_id"], sample, user_template.format(question=row["question"]))
             )
@@ -207,6 +207,48 @@ def committed_rows(lake: Lake, partial: str) -> dict[str, dict]:
     return rows
 
 
+@dataclass
+class GenerationRun:
+    """The rows of every work item (in item order), and how many this run generated."""
+
+    rows: list[dict]
+    generated: int
+    shards: int
+
+
+def generate_resumable(
+    lake: Lake,
+    items: Sequence[WorkItem],
+    partial: str,
+    lineage: Lineage,
+    spec: ModelSpec,
+    settings: GenerationSettings,
+    *,
+    actors: int = 1,
+    shard_size: int = 16,
+    use_ray: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> GenerationRun:
+    """Write the trajectories of the work items not yet committed to `rollouts/<partial>`, shard by shard.
+
+    Each finished shard is committed at once, so a killed run loses at most the shards in flight;
+    items committed with an error are generated again.
+    """
+    done = committed_rows(lake, partial)
+    todo = [item for item in items if item.trajectory_id not in done or done[item.trajectory_id]["error"]]
+    work = shards(todo, shard_size)
+    generated = 0
+    if progress is not None:
+        progress(len(items) - len(todo), len(items))
+    for rows in _generate(spec, settings, work, actors, use_ray):
+        lake.write("rollouts", partial, rows, lineage)
+        done.update((row["trajectory_id"], row) for row in rows)
+        generated += len(rows)
+        if progress is not None:
+            progress(len(items) - len(todo) + generated, len(items))
+    return GenerationRun([done[item.trajectory_id] for item in items], generated, len(work))
+
+
 def run_rollout(
     lake: Lake,
     queries_ref: str,
@@ -229,57 +271,41 @@ def run_rollout(
         queries = queries.slice(0, limit)
     samples = n or config.rollout.n
     settings = settings_from_config(config)
-    key = _digest(queries_info.version_id, limit, spec.label, samples, config.section_hash("rollout"), settings.prompts)
-    partial = f"{dataset}.partial-{key[:12]}"
+    key = digest(queries_info.version_id, limit, spec.label, samples, config.section_hash("rollout"), settings.prompts)
     items = work_items(queries, samples, spec, key, settings.prompts.user_template)
-    done = committed_rows(lake, partial)
-    todo = [item for item in items if item.trajectory_id not in done or done[item.trajectory_id]["error"]]
-    stage_config = {"rollout": config.rollout.model_dump(mode="json"), "tools": config.tools.model_dump(mode="json")}
+    stage_config = {
+        "rollout": config.rollout.model_dump(mode="json"),
+        "tools": config.tools.model_dump(mode="json"),
+        "model": spec.label,
+        "n": samples,
+        "limit": limit,
+    }
     lineage = Lineage(stage, config_hash=config_hash(stage_config), input_versions=(queries_info.version_id,))
-    work = shards(todo, shard_size * samples)
-    generated = 0
-    if progress is not None:
-        progress(len(items) - len(todo), len(items))
-    for rows in _generate(spec, settings, work, actors, use_ray):
-        lake.write(
-            "rollouts",
-            partial,
-            rows,
-            lineage,
-        )
-        done.update((row["trajectory_id"], row) for row in rows)
-        generated += len(rows)
-        if progress is not None:
-            progress(len(items) - len(todo) + generated, len(items))
-    final_rows = [done[item.trajectory_id] for item in items]
-    version = lake.write(
-        "rollouts",
-        dataset,
-        final_rows,
+    run = generate_resumable(
+        lake,
+        items,
+        f"{dataset}.partial-{key[:12]}",
         lineage,
+        spec,
+        settings,
+        actors=actors,
+        shard_size=shard_size * samples,
+        use_ray=use_ray,
+        progress=progress,
     )
+    final_rows = run.rows
+    unchanged = lake.latest_matching("rollouts", dataset, lineage) if not run.generated else None
+    version = unchanged or lake.write("rollouts", dataset, final_rows, lineage)
     reasons: dict[str, int] = {}
     for row in final_rows:
         reasons[row["finish_reason"]] = reasons.get(row["finish_reason"], 0) + 1
-    return RolloutReport(version, len(final_rows), generated, len(work), reasons.get("error", 0), reasons)
-
-
-def _unchanged_version(lake: Lake, dataset: str, lineage: Lineage, rows: list[dict]) -> VersionInfo | None:
-    """The latest version of `dataset` when a re-run found nothing new to write into it."""
-    versions = lake.versions("rollouts", dataset)
-    if not versions or versions[-1].config_hash != lineage.config_hash:
-        return None
-    latest = versions[-1]
-    if tuple(latest.input_versions) != lineage.input_versions:
-        return None
-    ids = lake.read(latest, columns=["trajectory_id"]).column("trajectory_id").to_pylist()
-    return latest if ids == [row["trajectory_id"] for row in rows] else None
+    return RolloutReport(version, len(final_rows), run.generated, run.shards, reasons.get("error", 0), reasons)
 
 
 def _shard_seed(settings: GenerationSettings, shard: Sequence[WorkItem]) -> int:
     """A shard's sampling seed depends on its content, not on which actor runs it."""
     base = settings.sampling.seed or 0
-    return base + int(_digest(shard[0].trajectory_id)[:8], 16)
+    return base + int(digest(shard[0].trajectory_id)[:8], 16)
 
 
 def _generate(spec: ModelSpec, settings: GenerationSettings, work: list[list[WorkItem]], actors: int, use_ray: bool):

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tasks.tir import tool_segment_text
@@ -130,7 +131,8 @@ def write_jsonl(problems: list[Problem], path: Path) -> Path:
 
 # -- trajectories in the TIR grammar ---------------------------------------------------------------
 
-STYLES = ("clean", "hedging", "verbose", "skip_tool")
+STYLES = ("clean", "hedging", "verbose", "skip_tool", "miscopied")
+WRONG_STYLES = ("skip_tool", "miscopied")  # the styles whose answer is wrong
 
 
 def _wrong_guess(rng: random.Random, answer: int) -> int:
@@ -142,8 +144,27 @@ def _wrong_guess(rng: random.Random, answer: int) -> int:
     return guess if guess != answer else answer + rng.randint(1, 99)
 
 
+def miscopy(problem: Problem, rng: random.Random) -> Problem:
+    """The problem as a model that copied one number of the question wrongly into its code sees it."""
+    start = problem.code.index('question = "')
+    head, quoted = problem.code[:start], problem.code[start:]
+    while True:
+        target = rng.choice(re.findall(r"\d+", problem.question))
+        code = head + quoted.replace(target, str(_wrong_guess(rng, int(target))), 1)
+        scope: dict[str, int] = {}
+        exec(code, scope)  # our own template with our own integers
+        if scope["answer"] != problem.answer:
+            return replace(problem, code=code, answer=scope["answer"])
+
+
 def render(problem: Problem, style: str, rng: random.Random) -> list[tuple[str, str]]:
-    """A trajectory as segments: ("model", text) and ("python", tool text), in the engine's format."""
+    """A trajectory as segments: ("model", text) and ("python", tool text), in the engine's format.
+
+    Styles: clean, hedging, verbose (repetitive thinking), skip_tool (guesses a wrong number),
+    miscopied (clean, but one number copied wrongly into the code, so the answer is wrong).
+    """
+    if style == "miscopied":
+        return render(miscopy(problem, rng), "clean", rng)
     value = problem.answer
     code = f"<code>\n{problem.code}\nprint(answer)\n</code>"
     tool = ("python", tool_segment_text(f"{value}\n"))

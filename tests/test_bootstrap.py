@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from schemas.config import load_config
-from tasks.bootstrap import bootstrap
+from tasks.bootstrap import bootstrap, check_reload
 from tasks.bootstrap_eval import evaluate_build
 from tasks.tir import TAG_TOKENS
 
@@ -20,9 +22,21 @@ def test_models_load_like_any_hugging_face_model(tiny_models) -> None:
     assert tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"
     for path in (tiny_models.teacher, tiny_models.repairer):
         model = AutoModelForCausalLM.from_pretrained(path)
-        assert model.config.model_type == "qwen2" and model.config.vocab_size == len(tokenizer)
+        assert model.config.model_type == "llama" and model.config.vocab_size == len(tokenizer)
     figures = tiny_models.metrics
     assert figures["teacher"]["final_loss"] < figures["teacher"]["first_loss"] / 2  # it learned
+
+
+def test_model_directories_reload_the_trained_tokenizer_exactly(tiny_models) -> None:
+    from transformers import AutoTokenizer, Qwen2Config
+
+    trained = AutoTokenizer.from_pretrained(tiny_models.tokenizer)
+    text = "<|im_start|>user\nA farm collects 11494 eggs.<|im_end|>\n<code>\nprint(11494 // 12)\n</code>"
+    for path in (tiny_models.teacher, tiny_models.repairer):
+        assert AutoTokenizer.from_pretrained(path).encode(text) == trained.encode(text)
+    # The guard behind it: in a qwen2 directory transformers swaps in Qwen2Tokenizer (one token per digit).
+    with pytest.raises(RuntimeError, match="tokenizes differently"):
+        check_reload(trained, Qwen2Config(vocab_size=len(trained)))
 
 
 def test_build_is_cached(tiny_models) -> None:

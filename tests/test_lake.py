@@ -158,3 +158,22 @@ def test_new_schema_columns_are_added_to_existing_tables(home: Path, monkeypatch
     lake.write("queries", "demo", [{**_queries("b")[0], "difficulty": 3}], Lineage(stage="import"))
     assert lake.read("queries/demo@2")["difficulty"].to_pylist() == [3]
     assert lake.read("queries/demo@1")["difficulty"].to_pylist() == [None]
+
+
+def test_a_stage_commit_is_atomic_with_its_metrics_and_never_repeated(lake: Lake) -> None:
+    queries = lake.write("queries", "src", _queries("a"), Lineage(stage="import"))
+    lineage = Lineage(stage="import", config_hash="c1", input_versions=(queries.version_id,))
+    first = lake.commit_stage("out", {"queries": _queries("x", "y")}, lineage, {"rows": 2})["queries"]
+    assert lake.stage_metrics(first) == {"rows": 2}
+    assert lake.input_of(first, "queries") == queries
+    with pytest.raises(LakeError, match="records no scores version"):
+        lake.input_of(first, "scores")
+    # Same config, inputs and code: the existing version comes back and nothing is written.
+    again = lake.commit_stage(
+        "out", {"queries": _queries("x", "y")}, Lineage("import", "r2", "c1", lineage.input_versions), {}
+    )["queries"]
+    assert again.version_id == first.version_id and len(lake.versions("queries", "out")) == 1
+    assert len(lake.versions("stage_reports", "out")) == 1
+    # Another config writes a new version with its own report.
+    other = lake.commit_stage("out", {"queries": _queries("z")}, Lineage("import", config_hash="c2"), {"rows": 1})
+    assert other["queries"].version == 2 and lake.stage_metrics(other["queries"]) == {"rows": 1}

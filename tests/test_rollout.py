@@ -158,6 +158,9 @@ def test_a_killed_rollout_resumes_without_duplicates(tiny_models, lake: Lake, ho
     rows = lake.read("rollouts/resumed").to_pylist()
     assert len(rows) == 12 and len({row["trajectory_id"] for row in rows}) == 12
     assert set(Counter(row["query_id"] for row in rows).values()) == {2}
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=True)
+    assert "generated 0" in again.stdout
+    assert len(lake.versions("rollouts", "resumed")) == 1  # nothing new: no second version
 
 
 @pytest.fixture(scope="module")

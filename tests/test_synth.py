@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import random
+import re
 
 import pytest
 
@@ -32,11 +35,24 @@ def test_rendered_styles_follow_the_grammar(style: str) -> None:
     response = synth.trajectory_text(segments)
     assert format_problem(response) is None
     boxed = extract_boxed(response)
-    assert (boxed == str(problem.answer)) == (style != "skip_tool")
+    assert (boxed == str(problem.answer)) == (style not in synth.WRONG_STYLES)
     tool_segments = [text for kind, text in segments if kind == "python"]
     assert len(tool_segments) == (0 if style == "skip_tool" else 1)
-    if tool_segments:
-        assert tool_segments[0] == tool_segment_text(f"{problem.answer}\n")
+    if tool_segments:  # the tool result is what the trajectory's own code prints
+        code = response.split("<code>\n")[1].split("\n</code>")[0]
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exec(code, {})
+        assert tool_segments[0] == tool_segment_text(printed.getvalue())
+
+
+def test_a_miscopied_trajectory_changes_one_number_of_the_quoted_question() -> None:
+    problem = synth.generate(1, seed=5)[0]
+    wrong = synth.miscopy(problem, random.Random(1))
+    quoted = wrong.code.split('question = "')[1].split('"')[0]
+    original, changed = re.findall(r"\d+", problem.question), re.findall(r"\d+", quoted)
+    assert sum(a != b for a, b in zip(original, changed, strict=True)) == 1
+    assert wrong.answer != problem.answer and wrong.question == problem.question
 
 
 def test_defect_styles_carry_their_defects() -> None:
