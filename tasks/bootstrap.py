@@ -55,7 +55,7 @@ class BootstrapSize:
     batch_size: int = 16
     learning_rate: float = 3e-3
     tokenizer_problems: int = 2000
-    number_loss_weight: float = 4.0  # numbers are what the task is about and a small share of the tokens
+    number_loss_weight: float = 10.0  # numbers are what the task is about and a small share of the tokens
 
     @classmethod
     def named(cls, name: str) -> BootstrapSize:

@@ -43,6 +43,7 @@ def test_every_table_named_in_the_design_has_a_schema() -> None:
         "eval_results",
         "runs",
         "rejected_inputs",
+        "stage_reports",
     }
     for table in VERSIONED_TABLES:
         assert SCHEMAS[table].names[0] == VERSION_COLUMN
