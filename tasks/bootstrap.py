@@ -3,12 +3,13 @@
 No pretrained generative model can be downloaded here, so `autotraj bootstrap` trains its own, from
 scratch, on synthetic trajectories of the arithmetic task (tasks/synth.py):
 - the **teacher** imitates a real teacher's spread of quality: mostly clean tool use, some hedging,
-  some verbose/repetitive thinking, some skipping the tool and guessing a wrong number;
+  some verbose/repetitive thinking, some skipping the tool and guessing a wrong number (and, once
+  sampled, some copying a number of the question wrongly into its code);
 - the **repairer** reads the repair prompt (question + a bad trajectory) and writes a clean one.
 Both are Llama-architecture models saved in Hugging Face format, so every later stage loads them
 with `AutoModelForCausalLM.from_pretrained(path)` like any real model.
 
-The training loop is a plain PyTorch loop: this is from-scratch pretraining of a ~2M-parameter model
+The training loop is a plain PyTorch loop: this is from-scratch pretraining of a ~0.5M-parameter model
 on generated data, where TRL/Trainer machinery adds nothing but startup time.
 """
 
@@ -51,7 +52,7 @@ class BootstrapSize:
     heads: int = 4
     intermediate_size: int = 256
     teacher_steps: int = 1800
-    repairer_steps: int = 400
+    repairer_steps: int = 700
     batch_size: int = 16
     learning_rate: float = 3e-3
     tokenizer_problems: int = 2000
@@ -63,7 +64,7 @@ class BootstrapSize:
         if name == "full":
             return cls()
         if name == "test":
-            return cls(teacher_steps=300, repairer_steps=100)
+            return cls(teacher_steps=280, repairer_steps=100)
         raise ValueError(f"unknown bootstrap size {name!r}; choose full or test")
 
 

@@ -47,14 +47,14 @@ def test_build_is_cached(tiny_models) -> None:
 
 
 def test_test_size_build_writes_the_grammar_with_the_teacher_defects(tiny_models, capsys) -> None:
-    # Floors that show the models learned the TIR grammar and the teacher's defect mix. The issue's
-    # targets (format >= 80 % / 90 %, correctness) are not met yet at this size; see the README.
+    # The test size meets the format targets and shows every defect; correctness needs the full size
+    # (`autotraj bootstrap` prints its table; see the README).
     figures = evaluate_build(Path(tiny_models.directory), load_config("cpu"), questions=64)
     with capsys.disabled():
         for model, figure, value, target in figures["rows"]:
             print(f"\n  bootstrap (test size) {model:8} {figure:22} {value:>5}  target {target}", end="")
-    assert figures["teacher_format_valid"] >= 0.3
-    assert figures["repairer_format_valid"] >= 0.3
+    assert figures["teacher_format_valid"] >= 0.8
+    assert figures["repairer_format_valid"] >= 0.9
     assert all(count > 0 for count in figures["teacher_defects"].values())
     assert figures["targets_met"] is (
         figures["teacher_format_valid"] >= 0.8
