@@ -1,8 +1,10 @@
 """Rollout throughput: this engine vs one trajectory at a time, and vs the backend's ceiling.
 
 Same tiny teacher (the bootstrap build), same queries, greedy decoding, real Python tool:
-  (a) sequential: one trajectory at a time, one generate call per turn (the paper's scripts);
-  (b) this engine: every trajectory advances together, one batched generate call per turn;
+  (a) sequential: one trajectory at a time, one generate call per turn over the whole context
+      (the paper's scripts);
+  (b) this engine: every trajectory advances together, one batched generate call per turn, each
+      turn going on from the KV cache the previous turn left;
   (c) ceiling: one single-pass batched generate of the same number of tokens, no tools, no stops.
 Prints trajectories/s for (a) and (b), their ratio, and (b)/(c); the last line is JSON.
 
@@ -38,6 +40,17 @@ def trajectories(backend: TransformersBackend, problems: list[synth.Problem], sa
     return result
 
 
+class ReencodingBackend:
+    """The backend as the paper's scripts use it: every turn re-encodes the whole context."""
+
+    def __init__(self, backend: TransformersBackend):
+        self.backend, self.tokenizer, self.name = backend, backend.tokenizer, backend.name
+
+    def generate(self, contexts, stop, params, keys=None):
+        """Generate without keys, so nothing is carried from one turn to the next."""
+        return self.backend.generate(contexts, stop, params)
+
+
 def main() -> None:
     """Measure (a), (b) and (c) in one run."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -66,7 +79,7 @@ def main() -> None:
         one_by_one = trajectories(backend, problems, 1)[: args.sequential]
         started = time.perf_counter()
         for trajectory in one_by_one:
-            RolloutEngine(backend, runner, limits).run([trajectory], greedy)
+            RolloutEngine(ReencodingBackend(backend), runner, limits).run([trajectory], greedy)
         sequential_seconds = time.perf_counter() - started
         runner.close()
 

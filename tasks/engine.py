@@ -228,7 +228,8 @@ class RolloutEngine:
                 seed=None if params.seed is None else params.seed + self.generate_calls,
                 logprobs=params.logprobs,
             )
-            generations = self.backend.generate([t.context() for t in active], STOP_STRINGS, turn_params)
+            contexts = [t.context() for t in active]
+            generations = self.backend.generate(contexts, STOP_STRINGS, turn_params, keys=[id(t) for t in active])
             self.generate_calls += 1
             calls = []
             for trajectory, generation in zip(active, generations, strict=True):

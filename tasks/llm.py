@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -57,8 +57,17 @@ class LLMBackend(Protocol):
     name: str
     tokenizer: Any  # a Hugging Face tokenizer: chat template, tool-segment tokenization
 
-    def generate(self, contexts: Sequence[list[int]], stop: Sequence[str], params: SamplingParams) -> list[Generation]:
-        """Continue every context until a stop string, EOS or max_new_tokens."""
+    def generate(
+        self,
+        contexts: Sequence[list[int]],
+        stop: Sequence[str],
+        params: SamplingParams,
+        keys: Sequence[Hashable] | None = None,
+    ) -> list[Generation]:
+        """Continue every context until a stop string, EOS or max_new_tokens.
+
+        `keys` name the contexts across calls (one per trajectory) for backends that can reuse work.
+        """
         ...
 
 
@@ -96,31 +105,87 @@ class TransformersBackend:
         dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
         self.batch_size = batch_size
+        self._kept: dict[Hashable, tuple[_KeptBatch, int]] = {}
+        self.continued_rows = 0  # contexts that went on from a kept KV cache
 
     def _single_token(self, text: str) -> int | None:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         return ids[0] if len(ids) == 1 else None
 
-    def generate(self, contexts: Sequence[list[int]], stop: Sequence[str], params: SamplingParams) -> list[Generation]:
-        """Continue the contexts in batches of `batch_size`."""
-        results: list[Generation] = []
-        for start in range(0, len(contexts), self.batch_size):
-            results += self._generate_batch(contexts[start : start + self.batch_size], stop, params)
-        return results
-
-    def _generate_batch(
-        self, contexts: Sequence[list[int]], stop: Sequence[str], params: SamplingParams
+    def generate(
+        self,
+        contexts: Sequence[list[int]],
+        stop: Sequence[str],
+        params: SamplingParams,
+        keys: Sequence[Hashable] | None = None,
     ) -> list[Generation]:
+        """Continue the contexts in batches of `batch_size`.
+
+        With `keys` (one per context, stable across calls: the engine passes its trajectories), a
+        context that extends what the last call generated under the same key continues from that
+        batch's KV cache, so a turn re-encodes only the tool result instead of the whole context.
+        """
+        previous, self._kept = self._kept, {}
+        results: list[Generation | None] = [None] * len(contexts)
+        fresh: list[int] = []
+        continuing: dict[int, list[tuple[int, int]]] = {}  # kept batch -> (context index, row)
+        for index, context in enumerate(contexts):
+            kept = previous.get(keys[index]) if keys is not None else None
+            if kept is not None:
+                batch, row = kept
+                known = batch.tokens[row]
+                if len(context) > len(known) and context[: len(known)] == known:
+                    continuing.setdefault(id(batch), []).append((index, row))
+                    continue
+            fresh.append(index)
+        batches = {id(batch): batch for batch, _ in previous.values()}
+        for batch_id, members in continuing.items():
+            indices = [index for index, _ in members]
+            self.continued_rows += len(indices)
+            inputs = batches[batch_id].extend([row for _, row in members], [contexts[i] for i in indices], self)
+            for index, generation in zip(
+                indices,
+                self._run(inputs, [contexts[i] for i in indices], stop, params, keys and [keys[i] for i in indices]),
+                strict=True,
+            ):
+                results[index] = generation
+        for start in range(0, len(fresh), self.batch_size):
+            indices = fresh[start : start + self.batch_size]
+            chunk = [contexts[i] for i in indices]
+            for index, generation in zip(
+                indices,
+                self._run(self._left_padded(chunk), chunk, stop, params, keys and [keys[i] for i in indices]),
+                strict=True,
+            ):
+                results[index] = generation
+        return [generation for generation in results if generation is not None]
+
+    def _left_padded(self, contexts: Sequence[list[int]]) -> tuple[Any, Any, Any]:
         import torch
 
-        pad = self.tokenizer.pad_token_id
-        eos = self.tokenizer.eos_token_id
         width = max(len(ids) for ids in contexts)
-        input_ids = torch.full((len(contexts), width), pad, dtype=torch.long)
+        input_ids = torch.full((len(contexts), width), self.tokenizer.pad_token_id, dtype=torch.long)
         attention = torch.zeros((len(contexts), width), dtype=torch.long)
         for row, ids in enumerate(contexts):
             input_ids[row, width - len(ids) :] = torch.tensor(ids)
             attention[row, width - len(ids) :] = 1
+        return input_ids.to(self.device), attention.to(self.device), None
+
+    def _run(
+        self,
+        inputs: tuple[Any, Any, Any],
+        contexts: Sequence[list[int]],
+        stop: Sequence[str],
+        params: SamplingParams,
+        keys: Sequence[Hashable] | None,
+    ) -> list[Generation]:
+        """One generate call over a prepared batch (ids, mask, cache or None); keep its cache by key."""
+        import torch
+
+        input_ids, attention, cache = inputs
+        width = input_ids.shape[1]
+        pad = self.tokenizer.pad_token_id
+        eos = self.tokenizer.eos_token_id
         if params.seed is not None:
             torch.manual_seed(params.seed)
         sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
@@ -133,8 +198,9 @@ class TransformersBackend:
         )
         with torch.inference_mode():
             output = self.model.generate(
-                input_ids=input_ids.to(self.device),
-                attention_mask=attention.to(self.device),
+                input_ids=input_ids,
+                attention_mask=attention,
+                past_key_values=cache,
                 max_new_tokens=params.max_new_tokens,
                 tokenizer=self.tokenizer,
                 pad_token_id=pad,
@@ -160,7 +226,49 @@ class TransformersBackend:
                 chosen = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(ids).unsqueeze(1))
                 generation.logprobs = chosen.squeeze(1).tolist()
             results.append(generation)
+        kept_cache = output.past_key_values
+        if keys is not None and kept_cache is not None and kept_cache.get_seq_length() == output.sequences.shape[1] - 1:
+            generated_mask = torch.zeros_like(output.sequences[:, width:])
+            for row, generation in enumerate(results):
+                generated_mask[row, : len(generation.token_ids)] = 1
+            batch = _KeptBatch(
+                output.sequences,
+                torch.cat([attention, generated_mask], dim=1),
+                kept_cache,
+                [list(context) + generation.token_ids for context, generation in zip(contexts, results, strict=True)],
+            )
+            self._kept.update((key, (batch, row)) for row, key in enumerate(keys))
         return results
+
+
+@dataclass
+class _KeptBatch:
+    """A finished batch's token layout and KV cache, kept so its rows' next turn re-encodes only what is new."""
+
+    sequences: Any  # (rows, width): left pads, context, generated ids, trailing pads
+    mask: Any  # 1 on real tokens, 0 on every pad
+    cache: Any  # the KV cache over every column but the last
+    tokens: list[list[int]]  # each row's real tokens: its context and the ids it kept
+
+    def extend(
+        self, rows: list[int], contexts: Sequence[list[int]], backend: TransformersBackend
+    ) -> tuple[Any, Any, Any]:
+        """Inputs that continue `rows` with their new tokens (left-padded after the kept layout) and the cache."""
+        import torch
+
+        index = torch.tensor(rows, device=self.sequences.device)
+        self.cache.batch_select_indices(index)
+        suffixes = [context[len(self.tokens[row]) :] for row, context in zip(rows, contexts, strict=True)]
+        width = max(len(suffix) for suffix in suffixes)
+        extra = torch.full((len(rows), width), backend.tokenizer.pad_token_id, dtype=torch.long)
+        extra_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, suffix in enumerate(suffixes):
+            extra[row, width - len(suffix) :] = torch.tensor(suffix)
+            extra_mask[row, width - len(suffix) :] = 1
+        device = self.sequences.device
+        input_ids = torch.cat([self.sequences[index], extra.to(device)], dim=1)
+        attention = torch.cat([self.mask[index], extra_mask.to(device)], dim=1)
+        return input_ids, attention, self.cache
 
 
 class OpenAIBackend:
@@ -186,8 +294,17 @@ class OpenAIBackend:
         self.client = httpx.Client(timeout=httpx.Timeout(timeout_s), headers=headers)
         self.failed_requests = 0
 
-    def generate(self, contexts: Sequence[list[int]], stop: Sequence[str], params: SamplingParams) -> list[Generation]:
-        """One request per context; a request that fails after its retries errors only its context."""
+    def generate(
+        self,
+        contexts: Sequence[list[int]],
+        stop: Sequence[str],
+        params: SamplingParams,
+        keys: Sequence[Hashable] | None = None,
+    ) -> list[Generation]:
+        """One request per context; a request that fails after its retries errors only its context.
+
+        `keys` are not needed: servers such as vLLM and SGLang cache shared prefixes themselves.
+        """
         with ThreadPoolExecutor(self.concurrency) as pool:
             return list(pool.map(lambda ids: self._complete(ids, stop, params), contexts))
 
@@ -240,8 +357,14 @@ class VLLMBackend:
         self.tokenizer = load_tokenizer(model_path)
         self.llm = LLM(model=model_path, **engine_args)
 
-    def generate(self, contexts: Sequence[list[int]], stop: Sequence[str], params: SamplingParams) -> list[Generation]:
-        """One engine call for the whole batch."""
+    def generate(
+        self,
+        contexts: Sequence[list[int]],
+        stop: Sequence[str],
+        params: SamplingParams,
+        keys: Sequence[Hashable] | None = None,
+    ) -> list[Generation]:
+        """One engine call for the whole batch (vLLM's prefix cache makes `keys` unnecessary)."""
         from vllm import SamplingParams as VLLMSampling
         from vllm.inputs import TokensPrompt
 
