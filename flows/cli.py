@@ -589,6 +589,27 @@ def pairs(
 
 
 @app.command()
+def sft(
+    ctx: typer.Context,
+    examples: Annotated[str, typer.Option("--examples", "-e", help="sft_examples version (name, name@N, ...).")],
+    name: Annotated[
+        str | None, typer.Option("--name", help="Model dataset name [default: the examples' name].")
+    ] = None,
+    base: Annotated[str | None, typer.Option(help="Base model path [default: sft.base_model].")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
+) -> None:
+    """Fine-tune the policy on SFT examples (loss on model-written tokens only) and register it."""
+    from tasks.sft import run_sft
+
+    try:
+        report = run_sft(_lake(ctx), examples, name or _dataset_name(examples), _config(ctx), base, max_steps)
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    verb = "trained" if report.trained else "already trained"
+    console.print(f"{verb} [bold]{report.model_id}[/] at {report.path} ({report.model.version_id}): {report.metrics}")
+
+
+@app.command()
 def export(
     ctx: typer.Context,
     kind: Annotated[str, typer.Argument(help="sft or pairs.")],

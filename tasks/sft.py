@@ -1,0 +1,178 @@
+"""The sft stage: where the policy is trained on trajectories.
+
+Each SFT example is tokenized as the engine tokenizes a trajectory: the prompt through the policy's
+chat template, then every segment on its own (joined text would let BPE merge across
+`</code><result>`), then EOS. Labels are −100 on the prompt and on tool results, so the loss covers
+exactly what the model itself should write. TRL's SFTTrainer trains on these ids as they are (its
+collator keeps given labels). The checkpoint is registered in `models` with its lineage; the
+training log goes to `train_metrics` and TensorBoard.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from schemas.config import PipelineConfig, config_hash
+from schemas.lake import Lake, Lineage, VersionInfo
+from tasks.engine import Prompts, encode_prompt
+
+log = logging.getLogger(__name__)
+STAGE = "sft"
+IGNORE = -100
+
+
+def resolve_model(name: str, data_dir: str | Path) -> str:
+    """A model path from a name: 'policy' or 'teacher' (the bootstrap teacher), 'repairer', or a path."""
+    from tasks.bootstrap import model_dir
+
+    roles = {"policy": "teacher", "teacher": "teacher", "repairer": "repairer"}
+    if name in roles:
+        path = model_dir(data_dir) / roles[name]
+        if not path.exists():
+            raise FileNotFoundError(f"model {name!r} means {path}, which does not exist; run `autotraj bootstrap`")
+        return str(path)
+    if not Path(name).exists():
+        raise FileNotFoundError(f"model path {name} does not exist")
+    return name
+
+
+def sft_features(
+    tokenizer: Any, system: str, prompt: str, segments: Sequence[Mapping[str, Any]]
+) -> dict[str, list[int]]:
+    """input_ids and labels: −100 on the prompt and on tool segments, the ids on model segments and EOS."""
+    _, input_ids = encode_prompt(tokenizer, system, prompt)
+    labels = [IGNORE] * len(input_ids)
+    for segment in segments:
+        ids = tokenizer.encode(segment["text"], add_special_tokens=False)
+        input_ids += ids
+        labels += ids if segment["kind"] == "model" else [IGNORE] * len(ids)
+    input_ids.append(tokenizer.eos_token_id)
+    labels.append(tokenizer.eos_token_id)
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def training_precision() -> dict[str, Any]:
+    """bf16 on GPUs that have it, fp32 elsewhere (TRL's bf16 default fails on CPU)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {"bf16": cuda and torch.cuda.is_bf16_supported(), "fp16": False, "use_cpu": not cuda}
+
+
+@dataclass
+class SftReport:
+    """What an sft run trained and registered."""
+
+    model: VersionInfo
+    model_id: str
+    path: str
+    metrics: dict[str, Any]
+    trained: bool  # False when the same config and inputs were already trained
+
+
+def run_sft(
+    lake: Lake,
+    sft_ref: str,
+    name: str,
+    config: PipelineConfig,
+    base_model: str | None = None,
+    max_steps: int | None = None,
+) -> SftReport:
+    """Train the policy on an sft_examples version; register it as `models/<name>`."""
+    import datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    section = config.sft
+    examples_info = lake.resolve(sft_ref, "sft_examples")
+    base = resolve_model(base_model or section.base_model, config.runtime.data_dir)
+    stage_config = {"sft": section.model_dump(mode="json"), "base": base, "max_steps": max_steps}
+    digest = config_hash(stage_config | {"input": examples_info.version_id})
+    lineage = Lineage(STAGE, config_hash=config_hash(stage_config), input_versions=(examples_info.version_id,))
+    existing = lake.latest_matching("models", name, lineage)
+    if existing is not None:
+        row = lake.read(existing).to_pylist()[0]
+        return SftReport(existing, row["model_id"], row["path"], json.loads(row["metrics"]), trained=False)
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    system = Prompts.load(config.rollout.system_prompt_file, config.rollout.user_template_file).system
+    rows = lake.read(examples_info, columns=["prompt", "segments"]).to_pylist()
+    features = [sft_features(tokenizer, system, row["prompt"], row["segments"]) for row in rows]
+    kept = [feature for feature in features if len(feature["input_ids"]) <= section.max_length]
+    too_long = len(features) - len(kept)
+    if too_long:
+        log.warning(
+            "%d of %d SFT examples are longer than sft.max_length=%d and were left out",
+            too_long,
+            len(features),
+            section.max_length,
+        )
+    if not kept:
+        raise ValueError(f"{examples_info.version_id} has no example within sft.max_length={section.max_length}")
+
+    model_id = f"sft-{name}-{digest[:8]}"
+    out_dir = Path(config.runtime.data_dir) / "models" / "sft" / model_id
+    peft_config = None
+    if section.method == "lora":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=section.lora_r, lora_alpha=section.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
+    args = SFTConfig(
+        output_dir=str(out_dir / "checkpoints"),
+        num_train_epochs=section.num_epochs,
+        max_steps=max_steps or -1,
+        per_device_train_batch_size=section.batch_size,
+        gradient_accumulation_steps=section.gradient_accumulation_steps,
+        learning_rate=section.learning_rate,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=["tensorboard"],  # event files under checkpoints/runs/
+        seed=section.seed,
+        max_length=None,  # already within sft.max_length; nothing is cut silently
+        disable_tqdm=True,
+        **training_precision(),
+    )
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(base),
+        args=args,
+        train_dataset=datasets.Dataset.from_list(kept),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    result = trainer.train()
+    model = trainer.model.merge_and_unload() if peft_config is not None else trainer.model
+    model.save_pretrained(out_dir / "model")
+    tokenizer.save_pretrained(out_dir / "model")
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    metrics = {
+        "examples": len(kept),
+        "too_long": too_long,
+        "steps": trainer.state.global_step,
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 1),
+    }
+    train_rows = [
+        {"model_id": model_id, "step": entry["step"], "epoch": entry.get("epoch"), "name": key, "value": float(value)}
+        for entry in trainer.state.log_history
+        for key, value in entry.items()
+        if key not in ("step", "epoch") and isinstance(value, int | float)
+    ]
+    model_row = {
+        "model_id": model_id,
+        "kind": "policy",
+        "path": str(out_dir / "model"),
+        "base_model": base,
+        "method": section.method,
+        "metrics": json.dumps(metrics),
+    }
+    versions = lake.commit_stage(name, {"models": [model_row], "train_metrics": train_rows}, lineage, metrics)
+    return SftReport(versions["models"], model_id, model_row["path"], metrics, trained=True)
