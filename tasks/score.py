@@ -14,7 +14,6 @@ Choices the paper leaves open, made here:
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 from collections import Counter, defaultdict
@@ -27,7 +26,6 @@ from schemas.lake import Lake, Lineage, VersionInfo
 from tasks.tir import TOOL_STOPS, format_problem, parse_tool_call
 from tasks.verify import verify_answer
 
-log = logging.getLogger(__name__)
 STAGE = "score"
 LABELS = ("high_quality", "correct_low_quality", "wrong")
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
