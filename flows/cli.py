@@ -609,6 +609,27 @@ def sft(
     console.print(f"{verb} [bold]{report.model_id}[/] at {report.path} ({report.model.version_id}): {report.metrics}")
 
 
+@app.command("reward-model")
+def reward_model(
+    ctx: typer.Context,
+    pairs: Annotated[str, typer.Option("--pairs", help="preference_pairs version (name, name@N, ...).")],
+    name: Annotated[str | None, typer.Option("--name", help="Model dataset name [default: <pairs' name>-rm].")] = None,
+    base: Annotated[str | None, typer.Option(help="Base model path [default: reward_model.base_model].")] = None,
+) -> None:
+    """Train the trajectory reward model (Bradley-Terry) and report its held-out pairwise accuracy."""
+    from tasks.reward_model import run_reward_model
+
+    try:
+        report = run_reward_model(_lake(ctx), pairs, name or f"{_dataset_name(pairs)}-rm", _config(ctx), base)
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    verb = "trained" if report.trained else "already trained"
+    console.print(
+        f"{verb} [bold]{report.model_id}[/] at {report.path}: held-out pairwise accuracy "
+        f"{report.metrics['held_out_accuracy']:.3f} on {report.metrics['held_out_pairs']} pairs; {report.metrics}"
+    )
+
+
 @app.command()
 def export(
     ctx: typer.Context,
