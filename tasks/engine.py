@@ -245,4 +245,7 @@ class RolloutEngine:
                 if trajectory.done and on_finished is not None:
                     on_finished(trajectory)
             active = [t for t in active if not t.done]
+        forget = getattr(self.backend, "forget", None)
+        if forget is not None:  # a backend's kept KV caches serve only these trajectories
+            forget()
         return trajectories

@@ -160,6 +160,10 @@ class TransformersBackend:
                 results[index] = generation
         return [generation for generation in results if generation is not None]
 
+    def forget(self) -> None:
+        """Drop the kept KV caches (the engine calls this when its trajectories are done)."""
+        self._kept = {}
+
     def _left_padded(self, contexts: Sequence[list[int]]) -> tuple[Any, Any, Any]:
         import torch
 

@@ -9,18 +9,16 @@ question is in both splits, and the held-out pairwise accuracy is reported. Pair
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from schemas.config import PipelineConfig, config_hash
-from schemas.lake import Lake, Lineage, VersionInfo
+from schemas.lake import Lake, Lineage
 from tasks.engine import Prompts
 from tasks.rollout import digest
-from tasks.sft import resolve_model, sft_features, training_precision
+from tasks.sft import TrainReport, already_trained, register_model, resolve_model, sft_features, training_precision
 
 log = logging.getLogger(__name__)
 STAGE = "reward_model"
@@ -55,24 +53,13 @@ def pairwise_accuracy(model: Any, tokenizer: Any, pairs: Sequence[dict], batch_s
     return sum(c > r for c, r in zip(chosen, rejected, strict=True)) / max(1, len(pairs))
 
 
-@dataclass
-class RewardModelReport:
-    """What a reward_model run trained and registered."""
-
-    model: VersionInfo
-    model_id: str
-    path: str
-    metrics: dict[str, Any]
-    trained: bool
-
-
 def run_reward_model(
     lake: Lake,
     pairs_ref: str,
     name: str,
     config: PipelineConfig,
     base_model: str | None = None,
-) -> RewardModelReport:
+) -> TrainReport:
     """Train the reward model on a preference_pairs version; register it as `models/<name>`."""
     import datasets
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -83,10 +70,8 @@ def run_reward_model(
     base = resolve_model(base_model or section.base_model or config.sft.base_model, config.runtime.data_dir)
     stage_config = {"reward_model": section.model_dump(mode="json"), "base": base}
     lineage = Lineage(STAGE, config_hash=config_hash(stage_config), input_versions=(pairs_info.version_id,))
-    existing = lake.latest_matching("models", name, lineage)
-    if existing is not None:
-        row = lake.read(existing).to_pylist()[0]
-        return RewardModelReport(existing, row["model_id"], row["path"], json.loads(row["metrics"]), trained=False)
+    if (done := already_trained(lake, name, lineage)) is not None:
+        return done
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
@@ -163,19 +148,13 @@ def run_reward_model(
         "final_loss": losses[-1] if losses else None,
         "steps": trainer.state.global_step,
     }
-    train_rows = [
-        {"model_id": model_id, "step": entry["step"], "epoch": entry.get("epoch"), "name": key, "value": float(value)}
-        for entry in trainer.state.log_history
-        for key, value in entry.items()
-        if key not in ("step", "epoch") and isinstance(value, int | float)
-    ]
+    path = str(out_dir / "model")
     model_row = {
         "model_id": model_id,
         "kind": "reward_model",
-        "path": str(out_dir / "model"),
+        "path": path,
         "base_model": base,
         "method": section.method,
-        "metrics": json.dumps(metrics),
     }
-    versions = lake.commit_stage(name, {"models": [model_row], "train_metrics": train_rows}, lineage, metrics)
-    return RewardModelReport(versions["models"], model_id, model_row["path"], metrics, trained=True)
+    version = register_model(lake, name, lineage, model_row, metrics, trainer.state.log_history)
+    return TrainReport(version, model_id, path, metrics, trained=True)

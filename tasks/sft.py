@@ -64,15 +64,49 @@ def training_precision() -> dict[str, Any]:
     return {"bf16": cuda and torch.cuda.is_bf16_supported(), "fp16": False, "use_cpu": not cuda}
 
 
+def register_model(
+    lake: Lake,
+    name: str,
+    lineage: Lineage,
+    model: dict[str, Any],
+    metrics: dict[str, Any],
+    log_history: Sequence[Mapping[str, Any]],
+) -> VersionInfo:
+    """Commit a trained model's `models` row (with its metrics) and its training log to `train_metrics`."""
+    train_rows = [
+        {
+            "model_id": model["model_id"],
+            "step": entry["step"],
+            "epoch": entry.get("epoch"),
+            "name": key,
+            "value": float(value),
+        }
+        for entry in log_history
+        for key, value in entry.items()
+        if key not in ("step", "epoch") and isinstance(value, int | float)
+    ]
+    row = model | {"metrics": json.dumps(metrics)}
+    return lake.commit_stage(name, {"models": [row], "train_metrics": train_rows}, lineage, metrics)["models"]
+
+
 @dataclass
-class SftReport:
-    """What an sft run trained and registered."""
+class TrainReport:
+    """What a training stage trained and registered."""
 
     model: VersionInfo
     model_id: str
     path: str
     metrics: dict[str, Any]
     trained: bool  # False when the same config and inputs were already trained
+
+
+def already_trained(lake: Lake, name: str, lineage: Lineage) -> TrainReport | None:
+    """The registered model when the same config, inputs and code were trained before."""
+    existing = lake.latest_matching("models", name, lineage)
+    if existing is None:
+        return None
+    row = lake.read(existing).to_pylist()[0]
+    return TrainReport(existing, row["model_id"], row["path"], json.loads(row["metrics"]), trained=False)
 
 
 def run_sft(
@@ -82,7 +116,7 @@ def run_sft(
     config: PipelineConfig,
     base_model: str | None = None,
     max_steps: int | None = None,
-) -> SftReport:
+) -> TrainReport:
     """Train the policy on an sft_examples version; register it as `models/<name>`."""
     import datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -94,10 +128,8 @@ def run_sft(
     stage_config = {"sft": section.model_dump(mode="json"), "base": base, "max_steps": max_steps}
     digest = config_hash(stage_config | {"input": examples_info.version_id})
     lineage = Lineage(STAGE, config_hash=config_hash(stage_config), input_versions=(examples_info.version_id,))
-    existing = lake.latest_matching("models", name, lineage)
-    if existing is not None:
-        row = lake.read(existing).to_pylist()[0]
-        return SftReport(existing, row["model_id"], row["path"], json.loads(row["metrics"]), trained=False)
+    if (done := already_trained(lake, name, lineage)) is not None:
+        return done
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
@@ -160,19 +192,7 @@ def run_sft(
         "final_loss": losses[-1] if losses else None,
         "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 1),
     }
-    train_rows = [
-        {"model_id": model_id, "step": entry["step"], "epoch": entry.get("epoch"), "name": key, "value": float(value)}
-        for entry in trainer.state.log_history
-        for key, value in entry.items()
-        if key not in ("step", "epoch") and isinstance(value, int | float)
-    ]
-    model_row = {
-        "model_id": model_id,
-        "kind": "policy",
-        "path": str(out_dir / "model"),
-        "base_model": base,
-        "method": section.method,
-        "metrics": json.dumps(metrics),
-    }
-    versions = lake.commit_stage(name, {"models": [model_row], "train_metrics": train_rows}, lineage, metrics)
-    return SftReport(versions["models"], model_id, model_row["path"], metrics, trained=True)
+    path = str(out_dir / "model")
+    model_row = {"model_id": model_id, "kind": "policy", "path": path, "base_model": base, "method": section.method}
+    version = register_model(lake, name, lineage, model_row, metrics, trainer.state.log_history)
+    return TrainReport(version, model_id, path, metrics, trained=True)

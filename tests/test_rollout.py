@@ -95,6 +95,7 @@ def test_continuing_from_the_kept_kv_cache_changes_nothing(teacher, pool, temper
     before = teacher.continued_rows
     cached = _engine(teacher, pool).run(_trajectories(teacher), params)
     assert teacher.continued_rows - before >= sum(t.num_tool_calls > 0 and t.num_turns > 1 for t in cached) > 0
+    assert teacher._kept == {}  # released when the run ended
     encoded = _engine(_WithoutKeys(teacher), pool).run(_trajectories(teacher), params)
     assert [t.completion_ids for t in cached] == [t.completion_ids for t in encoded]
     assert [t.finish_reason for t in cached] == [t.finish_reason for t in encoded]
