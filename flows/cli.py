@@ -680,6 +680,33 @@ def report(
     console.print(f"wrote {path} and {path.parent / 'quality.png'}")
 
 
+@app.command("serve-rm")
+def serve_rm(
+    ctx: typer.Context,
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Reward model: a model_id from the models table, or a path.")
+    ],
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8001,
+) -> None:
+    """Serve a reward model: POST /score {"trajectory": ...} -> {"score": ...}, and GET /health."""
+    import uvicorn
+
+    from tasks.serve_rm import RewardScorer, serve_app
+    from tasks.tir import load_prompt
+
+    path = model
+    if not Path(model).exists():
+        found = _lake(ctx).sql("SELECT path FROM models_all WHERE model_id = ? LIMIT 1", [model])
+        if found.num_rows == 0:
+            raise _fail(f"no reward model {model!r}: not a path, and no such model_id in the models table")
+        path = found.column("path")[0].as_py()
+    config = _config(ctx)
+    system = load_prompt("system", config.rollout.system_prompt_file)
+    console.print(f"serving reward model {path} on http://{host}:{port}/score")
+    uvicorn.run(serve_app(RewardScorer(path, system), model), host=host, port=port, log_level="warning")
+
+
 @app.command("serve-model")
 def serve_model(
     ctx: typer.Context,

@@ -29,27 +29,29 @@ def held_out(query_id: str, fraction: float) -> bool:
     return int(digest("rm-split", query_id)[:8], 16) % 10_000 < fraction * 10_000
 
 
-def pairwise_accuracy(model: Any, tokenizer: Any, pairs: Sequence[dict], batch_size: int = 16) -> float:
-    """Share of pairs whose chosen side scores above its rejected side."""
+def score_sequences(model: Any, pad_token_id: int, sequences: Sequence[list[int]], batch_size: int = 16) -> list[float]:
+    """The reward model's score of each token sequence, in batches (right padding)."""
     import torch
 
-    def scores(sequences: list[list[int]]) -> list[float]:
-        values = []
-        for start in range(0, len(sequences), batch_size):
-            chunk = sequences[start : start + batch_size]
-            width = max(map(len, chunk))
-            ids = torch.full((len(chunk), width), tokenizer.pad_token_id)
-            mask = torch.zeros_like(ids)
-            for row, sequence in enumerate(chunk):
-                ids[row, : len(sequence)] = torch.tensor(sequence)
-                mask[row, : len(sequence)] = 1
-            with torch.inference_mode():
-                logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
-            values += logits[:, 0].float().tolist()
-        return values
+    scores: list[float] = []
+    for start in range(0, len(sequences), batch_size):
+        chunk = sequences[start : start + batch_size]
+        width = max(map(len, chunk))
+        ids = torch.full((len(chunk), width), pad_token_id)
+        mask = torch.zeros_like(ids)
+        for row, sequence in enumerate(chunk):
+            ids[row, : len(sequence)] = torch.tensor(sequence)
+            mask[row, : len(sequence)] = 1
+        with torch.inference_mode():
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+        scores += logits[:, 0].float().tolist()
+    return scores
 
-    chosen = scores([pair["chosen_ids"] for pair in pairs])
-    rejected = scores([pair["rejected_ids"] for pair in pairs])
+
+def pairwise_accuracy(model: Any, tokenizer: Any, pairs: Sequence[dict]) -> float:
+    """Share of pairs whose chosen side scores above its rejected side."""
+    chosen = score_sequences(model, tokenizer.pad_token_id, [pair["chosen_ids"] for pair in pairs])
+    rejected = score_sequences(model, tokenizer.pad_token_id, [pair["rejected_ids"] for pair in pairs])
     return sum(c > r for c, r in zip(chosen, rejected, strict=True)) / max(1, len(pairs))
 
 

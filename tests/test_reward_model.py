@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
 
 from schemas.config import load_config
 from schemas.lake import Lake, Lineage
 from tasks import synth
 from tasks.reward_model import held_out, run_reward_model
+from tasks.serve_rm import RewardScorer
+from tests.conftest import free_port
 
 
 def _segments(problem: synth.Problem, style: str, rng: random.Random) -> list[dict]:
@@ -18,7 +27,7 @@ def _segments(problem: synth.Problem, style: str, rng: random.Random) -> list[di
     ]  # fmt: skip
 
 
-def test_reward_model_ranks_held_out_pairs_and_is_registered(tiny_models, lake: Lake, capsys) -> None:
+def test_reward_model_ranks_held_out_pairs_is_registered_and_served(tiny_models, lake: Lake, home, capsys) -> None:
     rng = random.Random(3)
     rows = []
     for index, problem in enumerate(synth.generate(60, seed=13, prefix="rm")):
@@ -52,3 +61,46 @@ def test_reward_model_ranks_held_out_pairs_and_is_registered(tiny_models, lake: 
     assert registered["kind"] == "reward_model" and registered["method"] == "lora"
     again = run_reward_model(lake, "preference_pairs/synthetic", "rm", config, base_model=tiny_models.teacher)
     assert not again.trained and again.model_id == report.model_id
+
+    # The same model behind `autotraj serve-rm`, found by its model id in the models table.
+    scorer = RewardScorer(report.path)
+    clean, flawed = rows[0]["chosen"], rows[0]["rejected"]
+    expected = scorer.score([(rows[0]["prompt"], clean), (None, flawed)])
+    port = free_port()
+    env = {**os.environ, "AUTOTRAJ_HOME": str(home)}
+    command = [sys.executable, "-m", "flows.cli", "serve-rm", "--model", report.model_id, "--port", str(port)]
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                health = httpx.get(f"{url}/health", timeout=2)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None, server.stderr.read() if server.stderr else ""
+                time.sleep(0.5)
+        assert health.json()["status"] == "ok"
+        templated = httpx.post(f"{url}/score", json={"prompt": rows[0]["prompt"], "response": clean}, timeout=30)
+        raw = httpx.post(f"{url}/score", json={"trajectory": flawed}, timeout=30)
+        assert [templated.json()["score"], raw.json()["score"]] == pytest.approx(expected, abs=1e-4)
+        bad = httpx.post(f"{url}/score", json={"prompt": "only a prompt"}, timeout=30)
+        assert bad.status_code == 422  # a malformed request is refused, never scored 0.0
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_a_scoring_failure_is_an_error_not_a_zero() -> None:
+    from fastapi.testclient import TestClient
+
+    from tasks.serve_rm import serve_app
+
+    class Broken:
+        def score(self, items):
+            raise RuntimeError("CUDA out of memory")
+
+    client = TestClient(serve_app(Broken(), "rm"))
+    reply = client.post("/score", json={"trajectory": "<think> x </think>"})
+    assert reply.status_code == 500 and reply.json()["detail"] == "scoring failed: RuntimeError: CUDA out of memory"
+    assert client.get("/health").json() == {"status": "ok", "model": "rm"}
