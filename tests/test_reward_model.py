@@ -30,7 +30,7 @@ def _segments(problem: synth.Problem, style: str, rng: random.Random) -> list[di
 def test_reward_model_ranks_held_out_pairs_is_registered_and_served(tiny_models, lake: Lake, home, capsys) -> None:
     rng = random.Random(3)
     rows = []
-    for index, problem in enumerate(synth.generate(60, seed=13, prefix="rm")):
+    for index, problem in enumerate(synth.generate(100, seed=13, prefix="rm")):
         flawed = rng.choice(["hedging", "verbose", "skip_tool"])
         chosen, rejected = _segments(problem, "clean", rng), _segments(problem, flawed, rng)
         rows.append(
@@ -50,7 +50,7 @@ def test_reward_model_ranks_held_out_pairs_is_registered_and_served(tiny_models,
         print(f"\n  reward model held-out pairwise accuracy {metrics['held_out_accuracy']:.3f} "
               f"on {metrics['held_out_pairs']} pairs (train {metrics['train_accuracy']:.3f})", end="")  # fmt: skip
     held = sum(held_out(row["query_id"], config.reward_model.eval_fraction) for row in rows)
-    assert metrics["held_out_pairs"] == held and metrics["train_pairs"] == 60 - held and metrics["too_long"] == 0
+    assert metrics["held_out_pairs"] == held and metrics["train_pairs"] == 100 - held and metrics["too_long"] == 0
     assert metrics["held_out_accuracy"] > 0.8
     assert metrics["final_loss"] < metrics["first_loss"]
     from transformers import AutoModelForSequenceClassification
