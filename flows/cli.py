@@ -588,6 +588,23 @@ def pairs(
     )
 
 
+def _train(ctx: typer.Context, stage: str, **arguments: Any) -> Any:
+    """Run a training stage as a Ray Train job (or locally, per runtime.train_dispatch) with a progress bar."""
+    from tasks.distributed import run_training_job
+    from tasks.serve_rm import RewardModelError
+
+    with _Progress() as bar:
+        try:
+            report = run_training_job(
+                stage, _config(ctx), lambda step, steps, info: bar.update(stage, step, steps, info), **arguments
+            )
+        except (FileNotFoundError, ValueError, RewardModelError) as exc:
+            raise _fail(str(exc)) from None
+    verb = "trained" if report.trained else "already trained"
+    console.print(f"{verb} [bold]{report.model_id}[/] at {report.path} ({report.model.version_id})")
+    return report
+
+
 @app.command()
 def sft(
     ctx: typer.Context,
@@ -599,14 +616,10 @@ def sft(
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
 ) -> None:
     """Fine-tune the policy on SFT examples (loss on model-written tokens only) and register it."""
-    from tasks.sft import run_sft
-
-    try:
-        report = run_sft(_lake(ctx), examples, name or _dataset_name(examples), _config(ctx), base, max_steps)
-    except (FileNotFoundError, ValueError) as exc:
-        raise _fail(str(exc)) from None
-    verb = "trained" if report.trained else "already trained"
-    console.print(f"{verb} [bold]{report.model_id}[/] at {report.path} ({report.model.version_id}): {report.metrics}")
+    report = _train(
+        ctx, "sft", sft_ref=examples, name=name or _dataset_name(examples), base_model=base, max_steps=max_steps
+    )
+    console.print(report.metrics)
 
 
 @app.command("reward-model")
@@ -617,17 +630,38 @@ def reward_model(
     base: Annotated[str | None, typer.Option(help="Base model path [default: reward_model.base_model].")] = None,
 ) -> None:
     """Train the trajectory reward model (Bradley-Terry) and report its held-out pairwise accuracy."""
-    from tasks.reward_model import run_reward_model
-
-    try:
-        report = run_reward_model(_lake(ctx), pairs, name or f"{_dataset_name(pairs)}-rm", _config(ctx), base)
-    except (FileNotFoundError, ValueError) as exc:
-        raise _fail(str(exc)) from None
-    verb = "trained" if report.trained else "already trained"
+    report = _train(ctx, "reward_model", pairs_ref=pairs, name=name or f"{_dataset_name(pairs)}-rm", base_model=base)
+    metrics = report.metrics
     console.print(
-        f"{verb} [bold]{report.model_id}[/] at {report.path}: held-out pairwise accuracy "
-        f"{report.metrics['held_out_accuracy']:.3f} on {report.metrics['held_out_pairs']} pairs; {report.metrics}"
+        f"held-out pairwise accuracy {metrics['held_out_accuracy']:.3f} on {metrics['held_out_pairs']} pairs; {metrics}"
     )
+
+
+@app.command()
+def grpo(
+    ctx: typer.Context,
+    queries: Annotated[str, typer.Option("--queries", "-q", help="Training queries (name, name@N, queries/name@N).")],
+    policy: Annotated[
+        str | None, typer.Option(help="Policy to start from: model_id, role or path [default: grpo.policy_model].")
+    ] = None,
+    reward_model: Annotated[
+        str | None,
+        typer.Option("--reward-model", help="RM: model_id, path or serve-rm URL [default: grpo.reward_model]."),
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Model dataset name [default: <queries>-grpo].")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps [default: grpo.max_steps].")] = None,
+) -> None:
+    """GRPO from the SFT policy with multi-turn tool rollouts and the format/outcome/RM reward; resumable."""
+    report = _train(
+        ctx,
+        "grpo",
+        queries_ref=queries,
+        name=name or f"{_dataset_name(queries)}-grpo",
+        policy=policy,
+        reward_model=reward_model,
+        max_steps=max_steps,
+    )
+    console.print(report.metrics)
 
 
 @app.command()
@@ -693,15 +727,14 @@ def serve_rm(
     import uvicorn
 
     from tasks.serve_rm import RewardScorer, serve_app
+    from tasks.sft import registered_model
     from tasks.tir import load_prompt
 
-    path = model
-    if not Path(model).exists():
-        found = _lake(ctx).sql("SELECT path FROM models_all WHERE model_id = ? LIMIT 1", [model])
-        if found.num_rows == 0:
-            raise _fail(f"no reward model {model!r}: not a path, and no such model_id in the models table")
-        path = found.column("path")[0].as_py()
     config = _config(ctx)
+    try:
+        path, _ = registered_model(_lake(ctx), model, config.runtime.data_dir)
+    except FileNotFoundError as exc:
+        raise _fail(str(exc)) from None
     system = load_prompt("system", config.rollout.system_prompt_file)
     console.print(f"serving reward model {path} on http://{host}:{port}/score")
     uvicorn.run(serve_app(RewardScorer(path, system), model), host=host, port=port, log_level="warning")

@@ -125,13 +125,22 @@ class RewardModelConfig(Section):
 class GrpoConfig(Section):
     """GRPO with multi-turn tool rollouts and the paper's composite reward."""
 
+    policy_model: str = Field("policy", description="model_id from the models table, role or path (the SFT model)")
+    reward_model: str | None = Field(
+        None, description="model_id or path (scored in a Ray actor), or a serve-rm URL; None = no RM bonus"
+    )
     num_generations: int = Field(4, ge=2)
+    prompts_per_step: int = Field(
+        2, ge=1, description="questions per optimizer step (each sampled num_generations times)"
+    )
     learning_rate: float = Field(1e-6, gt=0.0)
     beta: float = Field(0.04, ge=0.0, description="KL coefficient")
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "grpo"
     temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_steps: int = Field(200, ge=1)
     checkpoint_every: int = Field(20, ge=1)
+    use_vllm: bool = Field(False, description="generate with TRL's colocated vLLM engine (GPU only)")
     format_penalty: float = -1.0
     rm_bonus_weight: float = 0.2
     reward_clip: float = Field(3.0, gt=0.0)
@@ -202,6 +211,23 @@ class RuntimeConfig(Section):
         None, description="None = SQLite catalog in the data dir; 'postgres:dbname=… host=…' for clusters"
     )
     lake_data_path: str | None = Field(None, description="None = <data_dir>/lake/data")
+    train_dispatch: Literal["ray", "local"] = Field(
+        "ray", description="ray: each training stage is a Ray Train job; local: train in this process"
+    )
+    train_gpus: int = Field(0, ge=0, description="GPUs a training job requests (one Ray Train worker each); 0 = CPU")
+    deepspeed_config: str | None = Field(
+        None, description="DeepSpeed JSON for training: a path, or zero2.json / zero3.json from deployments/; GPUs only"
+    )
+
+    def deepspeed_path(self) -> Path | None:
+        """The DeepSpeed JSON: the given path, else the file of that name in deployments/."""
+        if self.deepspeed_config is None:
+            return None
+        given = Path(self.deepspeed_config)
+        path = given if given.exists() else PROFILES_DIR / given.name
+        if not path.exists():
+            raise ConfigError(f"runtime.deepspeed_config: {given} not found (nor {path})")
+        return path
 
 
 class PipelineConfig(Section):

@@ -6,3 +6,5 @@ import os
 # logs. A user who wants them back sets these variables to 0.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+# GRPO knowingly uses TRL's experimental `rollout_func` (the way to plug in a multi-turn engine).
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")

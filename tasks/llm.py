@@ -99,11 +99,23 @@ class TransformersBackend:
         import torch
         from transformers import AutoModelForCausalLM
 
-        self.name = model_path
-        self.tokenizer = load_tokenizer(model_path)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
+        self._attach(model, load_tokenizer(model_path), model_path, batch_size)
+
+    @classmethod
+    def wrap(cls, model: Any, tokenizer: Any, name: str, batch_size: int = 64) -> TransformersBackend:
+        """A backend over a model already in memory (GRPO generates with the policy it is training)."""
+        backend = cls.__new__(cls)
+        backend._attach(model, tokenizer, name, batch_size)
+        return backend
+
+    def _attach(self, model: Any, tokenizer: Any, name: str, batch_size: int) -> None:
+        self.name = name
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = model.device
         self.batch_size = batch_size
         self._kept: dict[Hashable, tuple[_KeptBatch, int]] = {}
         self.continued_rows = 0  # contexts that went on from a kept KV cache
@@ -360,6 +372,13 @@ class VLLMBackend:
         self.name = model_path
         self.tokenizer = load_tokenizer(model_path)
         self.llm = LLM(model=model_path, **engine_args)
+
+    @classmethod
+    def wrap(cls, llm: Any, tokenizer: Any, name: str) -> VLLMBackend:
+        """A backend over a running vLLM engine (GRPO's colocated engine, which TRL keeps in sync)."""
+        backend = cls.__new__(cls)
+        backend.name, backend.tokenizer, backend.llm = name, tokenizer, llm
+        return backend
 
     def generate(
         self,

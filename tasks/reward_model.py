@@ -18,7 +18,16 @@ from schemas.config import PipelineConfig, config_hash
 from schemas.lake import Lake, Lineage
 from tasks.engine import Prompts
 from tasks.rollout import digest
-from tasks.sft import TrainReport, already_trained, register_model, resolve_model, sft_features, training_precision
+from tasks.sft import (
+    StepProgress,
+    TrainReport,
+    already_trained,
+    finish_training,
+    hardware_args,
+    report_progress,
+    resolve_model,
+    sft_features,
+)
 
 log = logging.getLogger(__name__)
 STAGE = "reward_model"
@@ -61,7 +70,8 @@ def run_reward_model(
     name: str,
     config: PipelineConfig,
     base_model: str | None = None,
-) -> TrainReport:
+    progress: StepProgress | None = None,
+) -> TrainReport | None:
     """Train the reward model on a preference_pairs version; register it as `models/<name>`."""
     import datasets
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -123,7 +133,7 @@ def run_reward_model(
         seed=section.seed,
         max_length=None,  # counted above instead of dropped silently
         disable_tqdm=True,
-        **training_precision(),
+        **hardware_args(config),
     )
     trainer = RewardTrainer(
         model=model,
@@ -132,12 +142,11 @@ def run_reward_model(
         processing_class=tokenizer,
         peft_config=peft_config,
     )
+    report_progress(trainer, progress, ["loss"])
     trainer.train()
     trained = trainer.model.merge_and_unload() if peft_config is not None else trainer.model
     trained.eval()
     accuracy = pairwise_accuracy(trained, tokenizer, evaluation)
-    trained.save_pretrained(out_dir / "model")
-    tokenizer.save_pretrained(out_dir / "model")
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     metrics = {
         "pairs": len(pairs),
@@ -150,13 +159,11 @@ def run_reward_model(
         "final_loss": losses[-1] if losses else None,
         "steps": trainer.state.global_step,
     }
-    path = str(out_dir / "model")
     model_row = {
         "model_id": model_id,
         "kind": "reward_model",
-        "path": path,
+        "path": str(out_dir / "model"),
         "base_model": base,
         "method": section.method,
     }
-    version = register_model(lake, name, lineage, model_row, metrics, trainer.state.log_history)
-    return TrainReport(version, model_id, path, metrics, trained=True)
+    return finish_training(lake, name, lineage, trainer, trained, tokenizer, model_row, metrics)

@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from schemas.config import PipelineConfig, config_hash
 from schemas.lake import Lake, Lineage, VersionInfo
+from schemas.tables import VERSION_COLUMN
 from tasks.engine import Prompts, encode_prompt
 
 log = logging.getLogger(__name__)
 STAGE = "sft"
 IGNORE = -100
+StepProgress = Callable[[int, int, str], None]  # (step, steps, what the last log said)
 
 
 def resolve_model(name: str, data_dir: str | Path) -> str:
@@ -41,6 +43,17 @@ def resolve_model(name: str, data_dir: str | Path) -> str:
     return name
 
 
+def registered_model(lake: Lake, ref: str, data_dir: str | Path) -> tuple[str, str | None]:
+    """(path, models version id or None) of a model_id in the `models` table, a role ('policy', …) or a path."""
+    found = lake.sql(f"SELECT path, {VERSION_COLUMN} FROM models_all WHERE model_id = ? LIMIT 1", [ref]).to_pylist()
+    if found:
+        return found[0]["path"], found[0][VERSION_COLUMN]
+    try:
+        return resolve_model(ref, data_dir), None
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no model {ref!r}: not a model_id in the models table, a role or a path") from None
+
+
 def sft_features(
     tokenizer: Any, system: str, prompt: str, segments: Sequence[Mapping[str, Any]]
 ) -> dict[str, list[int]]:
@@ -56,37 +69,19 @@ def sft_features(
     return {"input_ids": input_ids, "labels": labels}
 
 
-def training_precision() -> dict[str, Any]:
-    """bf16 on GPUs that have it, fp32 elsewhere (TRL's bf16 default fails on CPU)."""
+def hardware_args(config: PipelineConfig) -> dict[str, Any]:
+    """Trainer arguments the hardware decides: bf16 on GPUs that have it, else fp32 (TRL's bf16 default
+    fails on CPU), and the DeepSpeed config on GPUs only (DeepSpeed compiles C++ ops on first CPU use).
+
+    The DeepSpeed path is UNTESTED here (no GPU on these machines).
+    """
     import torch
 
     cuda = torch.cuda.is_available()
-    return {"bf16": cuda and torch.cuda.is_bf16_supported(), "fp16": False, "use_cpu": not cuda}
-
-
-def register_model(
-    lake: Lake,
-    name: str,
-    lineage: Lineage,
-    model: dict[str, Any],
-    metrics: dict[str, Any],
-    log_history: Sequence[Mapping[str, Any]],
-) -> VersionInfo:
-    """Commit a trained model's `models` row (with its metrics) and its training log to `train_metrics`."""
-    train_rows = [
-        {
-            "model_id": model["model_id"],
-            "step": entry["step"],
-            "epoch": entry.get("epoch"),
-            "name": key,
-            "value": float(value),
-        }
-        for entry in log_history
-        for key, value in entry.items()
-        if key not in ("step", "epoch") and isinstance(value, int | float)
-    ]
-    row = model | {"metrics": json.dumps(metrics)}
-    return lake.commit_stage(name, {"models": [row], "train_metrics": train_rows}, lineage, metrics)["models"]
+    args: dict[str, Any] = {"bf16": cuda and torch.cuda.is_bf16_supported(), "fp16": False, "use_cpu": not cuda}
+    if cuda and config.runtime.deepspeed_config:
+        args["deepspeed"] = str(config.runtime.deepspeed_path())
+    return args
 
 
 @dataclass
@@ -109,6 +104,59 @@ def already_trained(lake: Lake, name: str, lineage: Lineage) -> TrainReport | No
     return TrainReport(existing, row["model_id"], row["path"], json.loads(row["metrics"]), trained=False)
 
 
+def finish_training(
+    lake: Lake,
+    name: str,
+    lineage: Lineage,
+    trainer: Any,
+    model: Any,
+    tokenizer: Any,
+    model_row: dict[str, Any],
+    metrics: dict[str, Any],
+) -> TrainReport | None:
+    """Save the model with its tokenizer at model_row['path'], then commit its `models` row (with the
+    metrics) and its training log to `train_metrics` in one transaction.
+
+    Only the primary process does this; other ranks of a multi-GPU job return None.
+    """
+    if not trainer.is_world_process_zero():
+        return None
+    model.save_pretrained(model_row["path"])
+    tokenizer.save_pretrained(model_row["path"])
+    train_rows = [
+        {
+            "model_id": model_row["model_id"],
+            "step": entry["step"],
+            "epoch": entry.get("epoch"),
+            "name": key,
+            "value": float(value),
+        }
+        for entry in trainer.state.log_history
+        for key, value in entry.items()
+        if key not in ("step", "epoch") and isinstance(value, int | float)
+    ]
+    row = model_row | {"metrics": json.dumps(metrics)}
+    version = lake.commit_stage(name, {"models": [row], "train_metrics": train_rows}, lineage, metrics)["models"]
+    return TrainReport(version, model_row["model_id"], model_row["path"], metrics, trained=True)
+
+
+def report_progress(trainer: Any, progress: StepProgress | None, keys: Sequence[str]) -> None:
+    """Replace the Trainer's printed log dicts with `progress(step, steps, "loss 0.12 …")` (when given)."""
+    from transformers import PrinterCallback, TrainerCallback
+
+    trainer.remove_callback(PrinterCallback)
+    if progress is None:
+        return
+
+    class _Report(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **_: Any) -> None:
+            shown = [f"{key.split('/')[-1]} {logs[key]:.3g}" for key in keys if key in (logs or {})]
+            if shown:  # not the end-of-training summary
+                progress(state.global_step, state.max_steps, " ".join(shown))
+
+    trainer.add_callback(_Report())
+
+
 def run_sft(
     lake: Lake,
     sft_ref: str,
@@ -116,7 +164,8 @@ def run_sft(
     config: PipelineConfig,
     base_model: str | None = None,
     max_steps: int | None = None,
-) -> TrainReport:
+    progress: StepProgress | None = None,
+) -> TrainReport | None:
     """Train the policy on an sft_examples version; register it as `models/<name>`."""
     import datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -170,7 +219,7 @@ def run_sft(
         seed=section.seed,
         max_length=None,  # already within sft.max_length; nothing is cut silently
         disable_tqdm=True,
-        **training_precision(),
+        **hardware_args(config),
     )
     trainer = SFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(base),
@@ -179,10 +228,9 @@ def run_sft(
         processing_class=tokenizer,
         peft_config=peft_config,
     )
+    report_progress(trainer, progress, ["loss"])
     result = trainer.train()
     model = trainer.model.merge_and_unload() if peft_config is not None else trainer.model
-    model.save_pretrained(out_dir / "model")
-    tokenizer.save_pretrained(out_dir / "model")
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     metrics = {
         "examples": len(kept),
@@ -192,7 +240,7 @@ def run_sft(
         "final_loss": losses[-1] if losses else None,
         "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 1),
     }
-    path = str(out_dir / "model")
-    model_row = {"model_id": model_id, "kind": "policy", "path": path, "base_model": base, "method": section.method}
-    version = register_model(lake, name, lineage, model_row, metrics, trainer.state.log_history)
-    return TrainReport(version, model_id, path, metrics, trained=True)
+    model_row = {"model_id": model_id, "kind": "policy", "path": str(out_dir / "model"), "base_model": base}
+    return finish_training(
+        lake, name, lineage, trainer, model, tokenizer, model_row | {"method": section.method}, metrics
+    )

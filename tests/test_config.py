@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,19 @@ def test_defaults_are_the_papers_constants() -> None:
 
 @pytest.mark.parametrize("profile", sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
 def test_every_profile_in_deployments_loads(profile: str) -> None:
-    assert isinstance(load_config(profile), PipelineConfig)
+    config = load_config(profile)
+    assert isinstance(config, PipelineConfig)
+    deepspeed = config.runtime.deepspeed_path()
+    if deepspeed is not None:  # the GPU profiles name a ZeRO config that exists and parses
+        stage = json.loads(deepspeed.read_text())["zero_optimization"]["stage"]
+        assert stage in (2, 3) and config.runtime.train_gpus > 0
+
+
+def test_zero_configs_are_stage_2_and_3() -> None:
+    stages = {
+        path.name: json.loads(path.read_text())["zero_optimization"]["stage"] for path in PROFILES_DIR.glob("*.json")
+    }
+    assert stages == {"zero2.json": 2, "zero3.json": 3}
 
 
 def test_cpu_is_the_default_profile_and_keeps_paper_constants() -> None:

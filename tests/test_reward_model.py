@@ -97,10 +97,20 @@ def test_a_scoring_failure_is_an_error_not_a_zero() -> None:
     from tasks.serve_rm import serve_app
 
     class Broken:
+        def __init__(self, healthy: bool):
+            self.healthy = healthy
+
+        def health(self) -> float:
+            if not self.healthy:
+                raise RuntimeError("weights failed to load")
+            return 0.0
+
         def score(self, items):
             raise RuntimeError("CUDA out of memory")
 
-    client = TestClient(serve_app(Broken(), "rm"))
+    client = TestClient(serve_app(Broken(healthy=True), "rm"))
     reply = client.post("/score", json={"trajectory": "<think> x </think>"})
     assert reply.status_code == 500 and reply.json()["detail"] == "scoring failed: RuntimeError: CUDA out of memory"
     assert client.get("/health").json() == {"status": "ok", "model": "rm"}
+    unhealthy = TestClient(serve_app(Broken(healthy=False), "rm")).get("/health")
+    assert unhealthy.status_code == 503 and "weights failed to load" in unhealthy.json()["detail"]

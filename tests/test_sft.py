@@ -8,6 +8,7 @@ from pathlib import Path
 from schemas.config import load_config
 from schemas.lake import Lake, Lineage
 from tasks import synth
+from tasks.distributed import run_training_job
 from tasks.engine import Prompts, encode_prompt
 from tasks.sft import IGNORE, run_sft, sft_features
 
@@ -44,7 +45,7 @@ def test_labels_are_ignored_exactly_on_prompt_and_tool_tokens(tiny_models) -> No
     assert "<result>" not in tokenizer.decode(trained)
 
 
-def test_sft_trains_registers_and_is_not_repeated(tiny_models, lake: Lake, home: Path) -> None:
+def test_sft_trains_as_a_ray_job_registers_and_is_not_repeated(tiny_models, lake: Lake, home: Path, local_ray) -> None:
     problems = synth.generate(16, seed=9, prefix="sft")
     rows = [
         {"example_id": f"s{i}", "query_id": p.id, "origin": "repair", "source_id": f"r{i}", "prompt": p.question,
@@ -53,7 +54,13 @@ def test_sft_trains_registers_and_is_not_repeated(tiny_models, lake: Lake, home:
     ]  # fmt: skip
     lake.write("sft_examples", "tiny", rows, Lineage("pairs"))
     config = load_config("cpu", ["sft.learning_rate=0.003", "sft.batch_size=4", "sft.num_epochs=3"])
-    report = run_sft(lake, "sft_examples/tiny", "tiny", config, base_model=tiny_models.teacher)
+    assert config.runtime.train_dispatch == "ray"
+    seen: list[tuple[int, int, str]] = []
+    report = run_training_job(
+        "sft", config, lambda *update: seen.append(update), sft_ref="sft_examples/tiny", name="tiny",
+        base_model=tiny_models.teacher,
+    )  # fmt: skip
+    assert [step for step, _, _ in seen] == list(range(1, 13)) and seen[-1][2].startswith("loss ")  # via a Ray queue
     metrics = report.metrics
     assert report.trained and metrics["examples"] == 16 and metrics["steps"] == 12 and metrics["too_long"] == 0
     assert metrics["final_loss"] < metrics["first_loss"]
