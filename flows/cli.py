@@ -714,6 +714,52 @@ def report(
     console.print(f"wrote {path} and {path.parent / 'quality.png'}")
 
 
+@app.command("eval")
+def evaluate(
+    ctx: typer.Context,
+    models: Annotated[
+        str, typer.Option("--models", "-m", help="Comma-separated model_ids from the models table, roles or paths.")
+    ],
+    bench: Annotated[str, typer.Option("--bench", "-b", help="Comma-separated queries datasets (name or name@N).")],
+    name: Annotated[str, typer.Option("--name", help="eval_results dataset name.")] = "eval",
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Chart PNG [default: <data dir>/reports/<name>.png].")
+    ] = None,
+    no_ray: Annotated[bool, typer.Option("--no-ray", help="Generate in this process instead of Ray actors.")] = False,
+) -> None:
+    """Evaluate models side by side (greedy by default): accuracy, quality, tool calls, length; table and chart."""
+    from tasks.evaluate import plot_comparison, run_evaluate
+
+    config = _config(ctx)
+    with _Progress() as bar:
+        try:
+            report = run_evaluate(
+                _lake(ctx), _split(models), _split(bench), name, config, use_ray=not no_ray,
+                progress=lambda label, done, total: bar.update(f"eval {label}", done, total),
+            )  # fmt: skip
+        except (FileNotFoundError, ValueError) as exc:
+            raise _fail(str(exc)) from None
+    _comparison_table(report)
+    chart = plot_comparison(report.metrics, out or Path(config.runtime.data_dir) / "reports" / f"{name}.png")
+    console.print(f"wrote [bold]{report.version.version_id}[/] and {chart}")
+
+
+def _split(values: str) -> list[str]:
+    return [value.strip() for value in values.split(",") if value.strip()]
+
+
+def _comparison_table(report: Any) -> None:
+    """One rich table per benchmark: a row per model, a column per metric."""
+    from tasks.evaluate import METRICS
+
+    for benchmark, by_model in report.metrics.items():
+        table = Table("model", *METRICS, title=f"{benchmark} ({report.examples[benchmark]} questions)")
+        for label, values in by_model.items():
+            table.add_row(label, *[f"{values[metric]:.3f}" if metric != "mean_tokens" else f"{values[metric]:.0f}"
+                                   for metric in METRICS])  # fmt: skip
+        console.print(table)
+
+
 @app.command("serve-rm")
 def serve_rm(
     ctx: typer.Context,
