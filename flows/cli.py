@@ -441,16 +441,12 @@ def _model_spec(
     config: PipelineConfig, model: str | None, role: str, backend: str, tokenizer: str | None, served_name: str | None
 ) -> Any:
     """Which model writes: a path or URL (default: the bootstrap build's `role` model), checked."""
-    from tasks.bootstrap import model_dir
-    from tasks.rollout import ModelSpec
+    from tasks.rollout import model_spec
 
-    model = model or str(model_dir(config.runtime.data_dir) / role)
-    kind = "openai" if model.startswith(("http://", "https://")) else backend
-    if kind != "openai" and not Path(model).exists():
-        raise _fail(f"model {model} not found; run `autotraj bootstrap` or pass --model PATH|URL")
-    if kind == "openai" and tokenizer is None:
-        raise _fail("an openai backend needs --tokenizer PATH (a local copy of the served model's tokenizer)")
-    return ModelSpec(kind, model, tokenizer, served_name)
+    try:
+        return model_spec(config, model, role, backend, tokenizer, served_name)
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
 
 
 @app.command()

@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -49,6 +50,26 @@ class ModelSpec:
                 "openai", self.model, model=self.served_name or "default", tokenizer_path=self.tokenizer or self.model
             )
         return make_backend(self.backend, self.model)
+
+
+def model_spec(
+    config: PipelineConfig,
+    model: str | None,
+    role: str,
+    backend: str,
+    tokenizer: str | None = None,
+    served_name: str | None = None,
+) -> ModelSpec:
+    """Which model writes: a path or URL (default: the bootstrap build's `role` model), checked."""
+    from tasks.bootstrap import model_dir
+
+    model = model or str(model_dir(config.runtime.data_dir) / role)
+    kind = "openai" if model.startswith(("http://", "https://")) else backend
+    if kind != "openai" and not Path(model).exists():
+        raise FileNotFoundError(f"model {model} not found; run `autotraj bootstrap` or pass --model PATH|URL")
+    if kind == "openai" and tokenizer is None:
+        raise ValueError("an openai backend needs --tokenizer PATH (a local copy of the served model's tokenizer)")
+    return ModelSpec(kind, model, tokenizer, served_name)
 
 
 @dataclass(frozen=True)
