@@ -832,6 +832,8 @@ def config_show(
 @app.command()
 def quickstart(
     ctx: typer.Context,
+    questions: Annotated[int, typer.Option(help="Synthetic training questions.", min=8)] = 300,
+    test_questions: Annotated[int, typer.Option(help="Held-out synthetic questions for the evaluation.", min=8)] = 200,
     benchmarks_dir: Annotated[
         Path | None,
         typer.Option(
@@ -839,28 +841,47 @@ def quickstart(
         ),
     ] = None,
 ) -> None:
-    """The main job on the embedded default: import the bundled benchmarks and show the lake."""
+    """The main job: bootstrap the tiny models if absent, then run the whole pipeline on the synthetic task
+    (rollout, score, repair, pairs, SFT, RM, GRPO, evaluate) as a Prefect flow, and print the comparison."""
     benchmarks_dir = benchmarks_dir or Path(os.environ.get("AUTOTRAJ_BENCHMARKS", DEFAULT_BENCHMARKS_DIR))
-    if not benchmarks_dir.is_dir():
-        raise _fail(f"benchmark directory {benchmarks_dir} not found; pass --benchmarks-dir or set AUTOTRAJ_BENCHMARKS")
-    files = sorted(benchmarks_dir.glob("*.jsonl"))
-    if not files:
-        raise _fail(f"no .jsonl files in {benchmarks_dir}")
-    for file in files:
-        console.rule(f"import {file.name}")
-        ctx.invoke(data_import, ctx=ctx, path=file, name=file.stem)
-    console.rule("the lake")
-    ctx.invoke(tables, ctx=ctx, versions=False)
-    ctx.invoke(
-        sql,
-        ctx=ctx,
-        query="SELECT dataset, task, count(*) AS queries FROM queries GROUP BY ALL ORDER BY 1",
-        output_format="table",
-        max_rows=50,
-    )
+    for file in sorted(benchmarks_dir.glob("*.jsonl")) if benchmarks_dir.is_dir() else []:
+        ctx.invoke(data_import, ctx=ctx, path=file, name=file.stem)  # imported once; for `autotraj eval --bench`
+    console.rule("tiny models")
+    ctx.invoke(bootstrap, ctx=ctx, size="full", seed=0, force=False)
+    console.rule("synthetic task")
+    ctx.invoke(data_synth, ctx=ctx, task="arith", n=questions, seed=1, name=None)
+    ctx.invoke(data_synth, ctx=ctx, task="arith", n=test_questions, seed=777, name=None)
+    console.rule("the pipeline (Prefect flow `autotraj`)")
+    from flows.pipeline import pipeline_flow
+    from tasks.evaluate import EvalReport
+
+    outputs = pipeline_flow(
+        f"arith-s1-n{questions}", f"arith-s777-n{test_questions}", name="quickstart",
+        profile=ctx.obj["profile"], overrides=ctx.obj["overrides"],
+    )  # fmt: skip
+    lake = _lake(ctx)
+    results = lake.resolve(outputs["eval_results"])
+    rows = lake.read(results).to_pylist()
+    metrics: dict[str, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    for row in rows:
+        metrics[row["benchmark"]][row["model_id"]][row["metric"]] = row["value"]
+    examples = {row["benchmark"]: row["n_examples"] for row in rows}
+    console.rule("teacher vs SFT vs GRPO")
+    legend = {
+        "teacher": "the bootstrap teacher",
+        outputs["sft_hq"]: "SFT on high-quality trajectories only",
+        outputs["sft"]: "SFT on high-quality + repaired trajectories",
+        outputs["grpo"]: "GRPO from that SFT policy, with the RM bonus",
+    }
+    for label, meaning in legend.items():
+        console.print(f"  {label}: {meaning}")
+    _comparison_table(EvalReport(results, metrics, examples))
+    data_dir = _config(ctx).runtime.data_dir
     console.print(
-        'next: [bold]autotraj tables --versions[/], [bold]autotraj sql "select * from queries limit 5"[/], '
-        "[bold]autotraj attach[/]"
+        f"chart: {data_dir}/reports/quickstart.png\n"
+        "next: [bold]autotraj tables --versions[/], "
+        '[bold]autotraj sql "select model_id, metric, value from eval_results"[/], '
+        "[bold]autotraj report --repairs quickstart[/], the Prefect UI (`prefect server start`; README: Prefect)"
     )
 
 

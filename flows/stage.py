@@ -8,17 +8,12 @@ resumes at the stage that failed. Data never passes through Prefect: only ids do
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from schemas.config import PipelineConfig, config_hash, load_config
 from schemas.lake import Lake, code_version
-
-# Offline and on 2 cores, Prefect's ephemeral API needs these (DESIGN.md §2); a user's values win.
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 # Errors a retry cannot fix: bad input, bad config, a missing model. Everything else (a lost Ray
 # worker, a server that timed out, a full disk that was cleaned) is worth another attempt.

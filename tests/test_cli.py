@@ -68,13 +68,3 @@ def test_attach_prints_working_sql(cli, home) -> None:
     for statement in statements[:-1]:
         con.execute(statement)
     assert con.execute("SELECT count(*) FROM lake.queries").fetchone() == (5,)
-
-
-def test_quickstart_imports_a_benchmark_dir(cli, tmp_path) -> None:
-    bench = tmp_path / "bench"
-    bench.mkdir()
-    (bench / "tiny.jsonl").write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n")
-    result = cli("quickstart", "--benchmarks-dir", str(bench))
-    assert result.exit_code == 0, result.output
-    assert "queries/tiny@1" in result.output
-    assert json.loads(cli("sql", "SELECT dataset FROM queries", "-f", "json").stdout) == [{"dataset": "tiny"}]
