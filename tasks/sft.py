@@ -44,7 +44,11 @@ def resolve_model(name: str, data_dir: str | Path) -> str:
 
 
 def registered_model(lake: Lake, ref: str, data_dir: str | Path) -> tuple[str, str | None]:
-    """(path, models version id or None) of a model_id in the `models` table, a role ('policy', …) or a path."""
+    """(path, models version id or None) of a model_id in the `models` table, `models/<name>[@N]` (the latest
+    or N-th model registered under that name), a role ('policy', …) or a path."""
+    if ref.startswith("models/"):
+        info = lake.resolve(ref, "models")
+        return lake.read(info, columns=["path"]).column("path")[0].as_py(), info.version_id
     found = lake.sql(f"SELECT path, {VERSION_COLUMN} FROM models_all WHERE model_id = ? LIMIT 1", [ref]).to_pylist()
     if found:
         return found[0]["path"], found[0][VERSION_COLUMN]

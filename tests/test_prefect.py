@@ -25,8 +25,13 @@ def test_every_deployment_entrypoint_is_a_flow() -> None:
     for deployment in spec["deployments"]:
         path, _, attribute = deployment["entrypoint"].partition(":")
         module = importlib.import_module(Path(path).with_suffix("").as_posix().replace("/", "."))
-        assert isinstance(getattr(module, attribute), Flow), deployment["name"]
+        entry = getattr(module, attribute)
+        assert isinstance(entry, Flow), deployment["name"]
+        entry.validate_parameters(deployment.get("parameters", {}))  # names, types, nothing required missing
         assert deployment["work_pool"]["name"] == "autotraj-process"
+    names = {deployment["name"] for deployment in spec["deployments"]}
+    stages = {"rollout", "score", "repair", "pairs", "sft", "reward-model", "grpo", "evaluate"}
+    assert stages | {"pipeline", "pipeline-weekly", "evaluate-nightly"} <= names
 
 
 @pytest.fixture(scope="module")
