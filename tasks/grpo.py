@@ -223,6 +223,7 @@ def grpo_trainer(
         max_steps=steps,
         save_strategy="steps",
         save_steps=section.checkpoint_every,
+        save_total_limit=2,  # the last two checkpoints are enough to resume
         logging_steps=1,
         report_to=["tensorboard"],
         seed=section.seed,
