@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROFILES_DIR = PROJECT_ROOT / "deployments"
@@ -220,6 +220,13 @@ class RuntimeConfig(Section):
     deepspeed_config: str | None = Field(
         None, description="DeepSpeed JSON for training: a path, or zero2.json / zero3.json from deployments/; GPUs only"
     )
+
+    @field_validator("data_dir", "lake_data_path")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        # Ray workers and Prefect workers run in other directories: a relative path would name
+        # another lake there, and model paths registered under it would not resolve elsewhere.
+        return None if value is None else str(Path(value).expanduser().absolute())
 
     def deepspeed_path(self) -> Path | None:
         """The DeepSpeed JSON: the given path, else the file of that name in deployments/."""

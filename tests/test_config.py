@@ -117,3 +117,10 @@ def test_section_hash_changes_with_the_section_only() -> None:
     changed = load_config("cpu", ["rollout.n=5"])
     assert base.section_hash("rollout") != changed.section_hash("rollout")
     assert base.section_hash("score") == changed.section_hash("score")
+
+
+def test_relative_data_paths_become_absolute() -> None:
+    # Ray and Prefect workers run elsewhere: a relative data dir would name another lake there.
+    runtime = load_config("cpu", ["runtime.data_dir=rel/home", "runtime.lake_data_path=rel/data"]).runtime
+    assert runtime.data_dir == str(Path.cwd() / "rel" / "home")
+    assert runtime.lake_data_path == str(Path.cwd() / "rel" / "data")
