@@ -205,7 +205,7 @@ def _default_data_dir() -> str:
 class RuntimeConfig(Section):
     """Where data lives and which services the pipeline talks to."""
 
-    data_dir: str = Field(default_factory=_default_data_dir, description="AUTOTRAJ_HOME")
+    data_dir: str = Field(default_factory=_default_data_dir, validate_default=True, description="AUTOTRAJ_HOME")
     ray_address: str | None = Field(default_factory=lambda: os.environ.get("RAY_ADDRESS"))
     lake_catalog_url: str | None = Field(
         None, description="None = SQLite catalog in the data dir; 'postgres:dbname=… host=…' for clusters"
