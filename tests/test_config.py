@@ -109,7 +109,7 @@ def test_data_dir_follows_autotraj_home(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setenv("AUTOTRAJ_HOME", str(tmp_path / "elsewhere"))
     assert load_config().runtime.data_dir == str(tmp_path / "elsewhere")
     monkeypatch.delenv("AUTOTRAJ_HOME")
-    assert load_config().runtime.data_dir == "./.autotraj"
+    assert load_config().runtime.data_dir == str(Path.cwd() / ".autotraj")  # made absolute
 
 
 def test_section_hash_changes_with_the_section_only() -> None:
@@ -119,10 +119,8 @@ def test_section_hash_changes_with_the_section_only() -> None:
     assert base.section_hash("score") == changed.section_hash("score")
 
 
-def test_relative_data_paths_become_absolute(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_data_paths_become_absolute() -> None:
     # Ray and Prefect workers run elsewhere: a relative data dir would name another lake there.
     runtime = load_config("cpu", ["runtime.data_dir=rel/home", "runtime.lake_data_path=rel/data"]).runtime
     assert runtime.data_dir == str(Path.cwd() / "rel" / "home")
     assert runtime.lake_data_path == str(Path.cwd() / "rel" / "data")
-    monkeypatch.delenv("AUTOTRAJ_HOME", raising=False)
-    assert load_config("cpu").runtime.data_dir == str(Path.cwd() / ".autotraj")  # the default too
