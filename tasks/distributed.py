@@ -102,17 +102,19 @@ def run_training_job(stage: str, config: PipelineConfig, progress: StepProgress 
             name=f"{stage}-{uuid.uuid4().hex[:8]}", storage_path=str(Path(runtime.data_dir).resolve() / "ray_results")
         ),
     )
-    with ThreadPoolExecutor(1) as pool:
-        job = pool.submit(trainer.fit)
-        while not job.done() or not steps.empty():
-            try:
-                update = steps.get(timeout=0.5)
-            except Empty:
-                continue
-            if progress is not None:
-                progress(*update)
-        result = job.result()
-    steps.shutdown()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            job = pool.submit(trainer.fit)
+            while not job.done() or not steps.empty():
+                try:
+                    update = steps.get(timeout=0.5)
+                except Empty:
+                    continue
+                if progress is not None:
+                    progress(*update)
+            result = job.result()
+    finally:
+        steps.shutdown()  # the queue's actor must not outlive a failed job either
     if result.error is not None:
         raise result.error
     return result.return_value
