@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tasks.bootstrap import model_dir
+
 TARGET_SHARE = 0.10
 
 
@@ -49,7 +51,8 @@ def main() -> None:
     autotraj = [sys.executable, "-m", "flows.cli"]
     subprocess.run([*autotraj, "bootstrap"], check=True, env={**os.environ, "AUTOTRAJ_HOME": str(source)})
     home = Path(tempfile.mkdtemp(prefix="autotraj-bench-"))
-    shutil.copytree(source / "models" / "bootstrap-full-s0-v2", home / "models" / "bootstrap-full-s0-v2")
+    build = model_dir(source)
+    shutil.copytree(build, model_dir(home))
     os.environ["AUTOTRAJ_HOME"] = str(home)
     os.environ["PREFECT_HOME"] = str(home / "prefect-home")  # a fresh Prefect database: only this run's task runs
     for n, seed in ((args.questions, 1), (args.test_questions, 777)):

@@ -422,8 +422,10 @@ def bootstrap(
             evaluate=lambda path: evaluate_build(path, config),
         )
     verb = "built" if result.built else "reused"
-    console.print(f"{verb} [bold]{result.directory}[/] ({result.seconds} s to build)")
     evaluation = result.metrics.get("evaluation", {})
+    parts = [f"{role} {result.metrics[role].get('seconds', '?')} s" for role in ("teacher", "repairer")]
+    parts.append(f"evaluation {evaluation.get('seconds', '?')} s")
+    console.print(f"{verb} [bold]{result.directory}[/] ({result.seconds} s to build: {', '.join(parts)})")
     if evaluation:
         table = Table("model", "figure", "value", "target", title="held-out synthetic questions")
         for row in evaluation["rows"]:
@@ -868,7 +870,7 @@ def quickstart(
     examples = {row["benchmark"]: row["n_examples"] for row in rows}
     console.rule("teacher vs SFT vs GRPO")
     legend = {
-        "teacher": "the bootstrap teacher",
+        outputs["teacher"]: "the teacher that wrote the rollouts",
         outputs["sft_hq"]: "SFT on high-quality trajectories only",
         outputs["sft"]: "SFT on high-quality + repaired trajectories",
         outputs["grpo"]: "GRPO from that SFT policy, with the RM bonus",

@@ -18,6 +18,7 @@ from flows.reward_model import reward_model_flow
 from flows.rollout import rollout_flow
 from flows.score import score_flow
 from flows.sft import sft_flow
+from schemas.config import load_config
 
 
 @flow(name="autotraj")
@@ -42,7 +43,8 @@ def pipeline_flow(
     sft_hq = sft_flow(pairs_hq["sft_examples"], **settings)
     reward_model = reward_model_flow(pairs["preference_pairs"], **settings)
     grpo = grpo_flow(queries, policy=sft, reward_model=reward_model, name=f"{name}-grpo", **settings)
-    results = evaluate_flow(["teacher", sft_hq, sft, grpo], [test_queries], name=name, **settings)
+    teacher = load_config(profile, overrides).rollout.model  # the model that wrote the rollouts
+    results = evaluate_flow([teacher, sft_hq, sft, grpo], [test_queries], name=name, **settings)
     return {
         "rollouts": rollouts,
         "scores": scores,
@@ -50,6 +52,7 @@ def pipeline_flow(
         **pairs,
         "sft_hq": sft_hq,
         "sft": sft,
+        "teacher": teacher,
         "reward_model": reward_model,
         "grpo": grpo,
         "eval_results": results,

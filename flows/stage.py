@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from schemas.config import PipelineConfig, config_hash, load_config
-from schemas.lake import Lake, code_version
+from schemas.lake import Lake, LakeError, code_version
 
-# Errors a retry cannot fix: bad input, bad config, a missing model. Everything else (a lost Ray
-# worker, a server that timed out, a full disk that was cleaned) is worth another attempt.
-PERMANENT_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError)
+# Errors a retry cannot fix: bad input, bad config, a missing model or version. Everything else (a
+# lost Ray worker, a server that timed out, a full disk that was cleaned) is worth another attempt.
+PERMANENT_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, LakeError)
 
 
 def stage_setup(profile: str, overrides: Sequence[str] | None) -> tuple[PipelineConfig, Lake]:
@@ -43,7 +43,8 @@ def _cache_key(_context: Any, parameters: Mapping[str, Any]) -> str:
     return parameters["key"]
 
 
-def _transient(_task: Any, _task_run: Any, state: Any) -> bool:
+def transient_failure(_task: Any, _task_run: Any, state: Any) -> bool:
+    """Prefect's retry condition: retry a failed stage task unless its error is permanent."""
     error = state.result(raise_on_failure=False)
     return not isinstance(error, PERMANENT_ERRORS)
 
@@ -53,7 +54,10 @@ def stage_task(function: Callable[..., Any]) -> Any:
     from prefect import task
 
     return task(
-        function, name=function.__name__.removesuffix("_task"), persist_result=True, retry_condition_fn=_transient
+        function,
+        name=function.__name__.removesuffix("_task"),
+        persist_result=True,
+        retry_condition_fn=transient_failure,
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from schemas.config import PROJECT_ROOT
-from schemas.lake import Lake
+from schemas.lake import Lake, LakeError
 from tests.conftest import FIXTURES
 
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -51,6 +51,24 @@ def test_flow_run_id_is_recorded_in_lineage(prefect_api, home: Path) -> None:
     runs = Lake(home).versions()
     assert {r.version_id for r in runs} == {"queries/messy@1", "rejected_inputs/messy@1"}
     assert all(r.prefect_flow_run_id == str(state.state_details.flow_run_id) for r in runs)
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        (LakeError("no version 'rollouts/x@9'"), False),
+        (ValueError("no SFT examples"), False),
+        (FileNotFoundError("model not found"), False),
+        (ConnectionError("reward model unreachable"), True),
+        (RuntimeError("a Ray worker died"), True),
+    ],
+)
+def test_stage_tasks_retry_only_transient_errors(error: Exception, retried: bool) -> None:
+    from prefect.states import Failed
+
+    from flows.stage import transient_failure
+
+    assert transient_failure(None, None, Failed(data=error)) is retried
 
 
 def _task_run_states(name: str) -> list[str]:
@@ -109,3 +127,90 @@ def test_stage_flows_resume_at_the_failed_stage_without_recomputing(prefect_api,
     assert set(outputs) == {"sft_examples", "preference_pairs"}
     assert "repairs/arith-s41-n6-rollout@1" in lake.resolve(outputs["preference_pairs"]).input_versions
     assert lake.read("repairs/arith-s41-n6-rollout").num_rows == needing_repair
+
+
+def _pipeline_overrides(tiny_models) -> list[str]:
+    """The test-size models in every role, and budgets that keep each stage to seconds."""
+    return [
+        f"rollout.model={tiny_models.teacher}",
+        f"repair.model={tiny_models.repairer}",
+        f"sft.base_model={tiny_models.teacher}",
+        "rollout.n=2",
+        "rollout.max_new_tokens_per_turn=256",
+        "rollout.max_total_tokens=512",
+        "sft.batch_size=4",
+        "sft.num_epochs=1",
+        "reward_model.batch_size=4",
+        "reward_model.num_epochs=1",
+        "reward_model.eval_fraction=0.5",  # a few queries: keep some of their pairs held out
+        "grpo.max_steps=2",
+        "grpo.checkpoint_every=1",
+        "grpo.num_generations=2",
+        "runtime.train_dispatch=local",  # Ray Train dispatch has its own test (test_sft)
+    ]
+
+
+def test_pipeline_runs_every_stage_and_a_rerun_skips_them_all(prefect_api, tiny_models, home: Path, cli) -> None:
+    from flows.pipeline import pipeline_flow
+
+    cli("data", "synth", "--n", "16", "--seed", "3")
+    cli("data", "synth", "--n", "6", "--seed", "777")
+    overrides = _pipeline_overrides(tiny_models)
+    outputs = pipeline_flow("arith-s3-n16", "arith-s777-n6", name="e2e", overrides=overrides)
+
+    lake = Lake(home)
+    tables = {key: lake.resolve(ref).table_name for key, ref in outputs.items() if ref.count("/") == 1 and "@" in ref}
+    assert tables == {
+        "rollouts": "rollouts", "scores": "scores", "repairs": "repairs", "sft_examples": "sft_examples",
+        "preference_pairs": "preference_pairs", "eval_results": "eval_results",
+    }  # fmt: skip
+    assert lake.read(outputs["rollouts"]).num_rows == 32  # 16 queries x 2 samples
+    assert lake.read(outputs["scores"]).num_rows == 32
+    # Each stage read the version the stage before it wrote.
+    assert lake.resolve(outputs["scores"]).input_versions == (outputs["rollouts"],)
+    assert outputs["scores"] in lake.resolve(outputs["repairs"]).input_versions
+    registered = {lake.read(info).column("model_id")[0].as_py(): info for info in lake.versions("models")}
+    assert {outputs["sft"], outputs["sft_hq"], outputs["reward_model"], outputs["grpo"]} <= set(registered)
+    assert outputs["sft_examples"] in registered[outputs["sft"]].input_versions
+    # GRPO started from that SFT model, with that reward model.
+    grpo_inputs = registered[outputs["grpo"]].input_versions
+    assert {registered[outputs["sft"]].version_id, registered[outputs["reward_model"]].version_id} <= set(grpo_inputs)
+
+    results = lake.read(outputs["eval_results"]).to_pylist()
+    evaluated = {row["model_id"] for row in results}
+    teacher_label = f"{Path(tiny_models.directory).name}-teacher"  # a path is labelled by its last two parts
+    assert evaluated == {teacher_label, outputs["sft_hq"], outputs["sft"], outputs["grpo"]}
+    assert {row["metric"] for row in results} >= {"accuracy", "mean_quality", "tool_calls", "mean_tokens"}
+    assert {row["n_examples"] for row in results} == {6}
+    assert (home / "reports" / "e2e.png").stat().st_size > 0
+
+    # The same run again: every stage task comes from the cache, and the lake gains no version.
+    versions_before = len(lake.versions())
+    assert pipeline_flow("arith-s3-n16", "arith-s777-n6", name="e2e", overrides=overrides) == outputs
+    for stage in ("rollout", "score", "repair", "pairs", "sft", "reward_model", "grpo", "evaluate"):
+        states = _task_run_states(stage)
+        runs = 2 if stage in ("pairs", "sft") else 1  # two pairs sets, two SFT models
+        assert states.count("Cached") == runs and states.count("Completed") == runs, (stage, states)
+    assert len(lake.versions()) == versions_before
+
+
+def test_a_stage_deployments_parameters_select_its_input_version(prefect_api, tiny_models, home: Path, cli) -> None:
+    from flows.rollout import rollout_flow
+    from flows.score import score_flow
+    from schemas.lake import Lineage
+
+    cli("data", "synth", "--n", "4", "--seed", "5")
+    overrides = _pipeline_overrides(tiny_models)
+    lake = Lake(home)
+    first = lake.resolve(rollout_flow("arith-s5-n4", overrides=overrides))
+    edited = lake.read(first).slice(0, 3)  # say, a hand-picked subset, recorded with the same input
+    second = lake.write("rollouts", first.dataset, edited, Lineage("edit", input_versions=first.input_versions))
+    assert (first.version, first.row_count, second.version, second.row_count) == (1, 8, 2, 3)
+    spec = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())
+    deployment = next(d for d in spec["deployments"] if d["name"] == "score")
+    for ref, name, expected in ((f"{first.dataset}@1", "pinned", first), (first.dataset, "latest", second)):
+        # What `prefect deployment run score --param rollouts=…` hands the flow.
+        parameters = deployment["parameters"] | {"rollouts": ref, "name": name, "overrides": overrides}
+        scores = lake.resolve(score_flow(**score_flow.validate_parameters(parameters)))
+        assert scores.input_versions == (expected.version_id,)
+        assert lake.read(scores).num_rows == expected.row_count
