@@ -27,7 +27,7 @@ from schemas.config import GrpoConfig, PipelineConfig, config_hash
 from schemas.lake import Lake, Lineage
 from tasks.engine import EngineLimits, RolloutEngine, ToolRunner, Trajectory, encode_prompt
 from tasks.llm import SamplingParams, TransformersBackend, VLLMBackend, load_tokenizer
-from tasks.rollout import settings_from_config
+from tasks.rollout import needs_search, settings_from_config
 from tasks.serve_rm import ActorRewardModel, HttpRewardModel, RewardInput, RewardModelClient
 from tasks.sft import (
     StepProgress,
@@ -298,7 +298,7 @@ def run_grpo(
     rm = reward_model_client(rm_location, settings.prompts.system, config.runtime.ray_address)
     tokenizer = load_tokenizer(policy_path)
     pool = SandboxPool(config.tools.python)
-    searcher = searcher_from_config(config.tools.search, data_dir)
+    searcher = searcher_from_config(config.tools.search, data_dir, required=needs_search(r["task"] for r in rows))
     runner = ToolRunner(pool, searcher, config.tools.max_result_chars, config.tools.search.top_k)
     try:
         if rm is not None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from schemas.config import PipelineConfig, RepairConfig, ScoreConfig, config_hash
 from schemas.lake import Lake, Lineage, VersionInfo
-from tasks.rollout import ModelSpec, WorkItem, digest, generate_resumable, settings_from_config
+from tasks.rollout import ModelSpec, WorkItem, digest, generate_resumable, needs_search, settings_from_config
 from tasks.score import confidence, gold_answers, model_text, quality, quality_summary, repetition_score
 from tasks.tir import format_problem, load_prompt
 from tasks.verify import verify_answer
@@ -138,6 +138,7 @@ def run_repair(
     ]
     settings = settings_from_config(config)
     settings.sampling = dataclasses.replace(settings.sampling, temperature=config.repair.temperature)
+    settings.search_required = needs_search(queries[source["query_id"]]["task"] for source in sources)
     stage_config = {
         "repair": config.repair.model_dump(mode="json"),
         "score": config.score.model_dump(mode="json"),

@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,14 @@ class WorkItem:
     user: str
 
 
+SEARCH_TASKS = frozenset({"qa"})  # the query tasks whose questions need the search tool
+
+
+def needs_search(tasks: Iterable[str]) -> bool:
+    """Whether any of these query tasks needs the search tool."""
+    return not SEARCH_TASKS.isdisjoint(tasks)
+
+
 @dataclass
 class GenerationSettings:
     """Everything a generation actor needs besides the model."""
@@ -90,6 +98,7 @@ class GenerationSettings:
     limits: EngineLimits
     sampling: SamplingParams
     prompts: Prompts
+    search_required: bool = True  # False when no query's task needs search: a missing corpus is then fine
 
 
 def trajectory_rows(items: Sequence[WorkItem], trajectories: Sequence[Trajectory], model: str) -> list[dict]:
@@ -133,7 +142,9 @@ class GenerationWorker:
         self.backend = spec.build()
         tools = settings.config.tools
         self.pool = SandboxPool(tools.python)
-        searcher = searcher_from_config(tools.search, settings.config.runtime.data_dir)
+        searcher = searcher_from_config(
+            tools.search, settings.config.runtime.data_dir, required=settings.search_required
+        )
         self.runner = ToolRunner(self.pool, searcher, tools.max_result_chars, tools.search.top_k)
         self.engine = RolloutEngine(self.backend, self.runner, settings.limits)
 
@@ -292,6 +303,7 @@ def run_rollout(
         queries = queries.slice(0, limit)
     samples = n or config.rollout.n
     settings = settings_from_config(config)
+    settings.search_required = needs_search(queries.column("task").to_pylist())
     key = digest(queries_info.version_id, limit, spec.label, samples, config.section_hash("rollout"), settings.prompts)
     items = work_items(queries, samples, spec, key, settings.prompts.user_template)
     stage_config = {

@@ -92,10 +92,11 @@ def run_worker(*args: str, home: Path) -> subprocess.Popen[str]:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory):
-    """The test-size bootstrap build (tokenizer, teacher, repairer), trained once per test session."""
+    """The test-size bootstrap build (tokenizer, teacher, repairer), trained once per test session, or
+    reused from $AUTOTRAJ_TEST_MODELS when that names a directory (local runs; CI builds afresh)."""
     from tasks.bootstrap import bootstrap
 
-    return bootstrap(tmp_path_factory.mktemp("models"), "test", seed=0)
+    return bootstrap(os.environ.get("AUTOTRAJ_TEST_MODELS") or tmp_path_factory.mktemp("models"), "test", seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -116,11 +116,11 @@ def test_limits_end_trajectories_with_their_reason(teacher, pool) -> None:
     assert {t.finish_reason for t in one_turn} <= {"max_turns", "answer"} and all(t.num_turns == 1 for t in one_turn)
 
 
-def _import_questions(lake: Lake, tmp_path: Path, count: int) -> str:
+def _import_questions(lake: Lake, tmp_path: Path, count: int, task: str = "math") -> str:
     from tasks.import_queries import FieldMapping, import_queries
 
     path = synth.write_jsonl(QUESTIONS[:count], tmp_path / "rt.jsonl")
-    report = import_queries(lake, path, "rt", FieldMapping())
+    report = import_queries(lake, path, f"rt-{task}", FieldMapping(task="no-such-field", default_task=task))
     assert report.queries_version is not None
     return report.queries_version.version_id
 
@@ -145,6 +145,19 @@ def test_sharded_ray_run_equals_one_shard_in_process(
     assert [{k: row[k] for k in key} for row in one] == [{k: row[k] for k in key} for row in many]
     assert len({row["trajectory_id"] for row in one}) == 12
     assert whole.version.input_versions == (queries,) and whole.version.stage == "rollout"
+
+
+def test_a_missing_search_corpus_stops_only_rollouts_whose_queries_need_search(
+    tiny_models, lake: Lake, home: Path, tmp_path: Path
+) -> None:
+    from tools_sandbox.search import SearchError
+
+    config = load_config("cpu", ["rollout.max_new_tokens_per_turn=160", f"tools.search.corpus={tmp_path / 'none'}"])
+    spec = ModelSpec("transformers", tiny_models.teacher)
+    math = run_rollout(lake, _import_questions(lake, tmp_path, 2), "math", spec, config, n=1, use_ray=False)
+    assert math.trajectories == 2 and math.errors == 0
+    with pytest.raises(SearchError, match=r"search corpus .* not found"):
+        run_rollout(lake, _import_questions(lake, tmp_path, 2, "qa"), "qa", spec, config, n=1, use_ray=False)
 
 
 ROLLOUT_SCRIPT = """

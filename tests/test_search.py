@@ -119,6 +119,17 @@ def test_search_cache_replays_the_first_answer(local: LocalSearch, tmp_path: Pat
     assert isinstance(searcher_from_config(config.model_copy(update={"cache": True}), str(tmp_path)), CachedSearch)
 
 
+def test_a_missing_corpus_is_an_error_only_where_search_is_required(tmp_path: Path) -> None:
+    config = SearchConfig(corpus=str(tmp_path / "absent.jsonl"))
+    with pytest.raises(SearchError, match=r"absent\.jsonl not found"):
+        searcher_from_config(config, str(tmp_path))
+    assert searcher_from_config(config, str(tmp_path), required=False) is None  # the tool is off
+    assert isinstance(
+        searcher_from_config(config.model_copy(update={"corpus": str(CORPUS)}), str(tmp_path), required=False),
+        LocalSearch,
+    )
+
+
 @pytest.fixture(scope="module")
 def served(index_home: Path):
     """`autotraj tools serve-search` in its own process on a free 127.0.0.1 port."""

@@ -238,12 +238,21 @@ class CachedSearch:
         return passages
 
 
-def searcher_from_config(config: SearchConfig, data_dir: str, cache: bool | None = None) -> Searcher:
-    """The search backend the config names, wrapped in the query cache when asked (cache=None: config)."""
+def searcher_from_config(
+    config: SearchConfig, data_dir: str, cache: bool | None = None, required: bool = True
+) -> Searcher | None:
+    """The search backend the config names, wrapped in the query cache when asked (cache=None: config).
+
+    A local corpus that does not exist is an error when search is `required` (some query needs it);
+    otherwise the run goes on without the tool (None) and says so once.
+    """
     if config.backend == "http":
         if not config.url:
             raise SearchError("tools.search.backend=http needs tools.search.url")
         searcher: Searcher = RemoteSearch(config.url, config.timeout_s, config.attempts)
+    elif not required and not Path(config.corpus).exists():
+        log.warning("search corpus %s not found; no query here needs search, so the tool is off", config.corpus)
+        return None
     else:
         searcher = LocalSearch(config.corpus, data_dir)
     if config.cache if cache is None else cache:
