@@ -64,8 +64,8 @@ class BootstrapSize:
         if name == "full":
             return cls()
         if name == "test":
-            # Smaller and shorter, yet past the step (about 1000) where the teacher learns to copy the
-            # question into its code: the pipeline test needs some correct answers to train on.
+            # Shorter, yet past the step (about 1000) where the teacher learns to copy the question
+            # into its code: the pipeline test needs some correct answers to train on.
             return cls(teacher_steps=1300, repairer_steps=250)
         raise ValueError(f"unknown bootstrap size {name!r}; choose full or test")
 
