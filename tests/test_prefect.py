@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -71,13 +72,16 @@ def test_stage_tasks_retry_only_transient_errors(error: Exception, retried: bool
     assert transient_failure(None, None, Failed(data=error)) is retried
 
 
-def _task_run_states(name: str) -> list[str]:
+def _task_run_states(name: str, since: datetime) -> list[str]:
+    """The states of the `name` stage's task runs since `since` (the module shares one Prefect server)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.sorting import TaskRunSort
 
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(limit=200, sort=TaskRunSort.EXPECTED_START_TIME_DESC)
-    return sorted(run.state.name for run in runs if run.task_key.startswith(f"{name}_task"))
+    return sorted(
+        run.state.name for run in runs if run.task_key.startswith(f"{name}_task") and run.expected_start_time >= since
+    )
 
 
 def test_stage_flows_resume_at_the_failed_stage_without_recomputing(prefect_api, tiny_models, home: Path, cli) -> None:
@@ -103,6 +107,7 @@ def test_stage_flows_resume_at_the_failed_stage_without_recomputing(prefect_api,
     # The repairer's storage is gone: the run fails in repair, after rollout and score finished.
     repairer = Path(tiny_models.repairer)
     away = repairer.with_name("repairer.unmounted")
+    started = datetime.now(UTC)
     shutil.move(repairer, away)
     try:
         failed = chain(str(repairer), return_state=True)
@@ -117,9 +122,9 @@ def test_stage_flows_resume_at_the_failed_stage_without_recomputing(prefect_api,
 
     # The same run again resumes at repair: rollout and score come from Prefect's cache.
     outputs = chain(str(repairer))
-    assert _task_run_states("rollout") == ["Cached", "Completed"]
-    assert _task_run_states("score") == ["Cached", "Completed"]
-    assert _task_run_states("repair") == ["Completed"]
+    assert _task_run_states("rollout", started) == ["Cached", "Completed"]
+    assert _task_run_states("score", started) == ["Cached", "Completed"]
+    assert _task_run_states("repair", started) == ["Completed"]
     assert len(lake.versions("rollouts", "arith-s41-n6-rollout")) == 1 and len(lake.versions("scores")) == 1
     assert lake.read("rollouts/arith-s41-n6-rollout").num_rows == 12  # 6 queries x 2, no duplicates
     scores = lake.read("scores/arith-s41-n6-rollout").to_pylist()
@@ -156,6 +161,7 @@ def test_pipeline_runs_every_stage_and_a_rerun_skips_them_all(prefect_api, tiny_
     cli("data", "synth", "--n", "16", "--seed", "3")
     cli("data", "synth", "--n", "6", "--seed", "777")
     overrides = _pipeline_overrides(tiny_models)
+    started = datetime.now(UTC)
     outputs = pipeline_flow("arith-s3-n16", "arith-s777-n6", name="e2e", overrides=overrides)
 
     lake = Lake(home)
@@ -188,7 +194,7 @@ def test_pipeline_runs_every_stage_and_a_rerun_skips_them_all(prefect_api, tiny_
     versions_before = len(lake.versions())
     assert pipeline_flow("arith-s3-n16", "arith-s777-n6", name="e2e", overrides=overrides) == outputs
     for stage in ("rollout", "score", "repair", "pairs", "sft", "reward_model", "grpo", "evaluate"):
-        states = _task_run_states(stage)
+        states = _task_run_states(stage, started)
         runs = 2 if stage in ("pairs", "sft") else 1  # two pairs sets, two SFT models
         assert states.count("Cached") == runs and states.count("Completed") == runs, (stage, states)
     assert len(lake.versions()) == versions_before
