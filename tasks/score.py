@@ -14,6 +14,7 @@ Choices the paper leaves open, made here:
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter, defaultdict
@@ -39,8 +40,14 @@ def model_text(segments: Iterable[Mapping[str, Any]]) -> str:
 
 def confidence(response: str, hedging_words: Sequence[str]) -> float:
     """0 when a hedging word (whole word, any case) appears inside a <think> block, else 1."""
-    pattern = re.compile(r"\b(?:" + "|".join(map(re.escape, hedging_words)) + r")\b", re.IGNORECASE)
+    pattern = _hedging_pattern(tuple(hedging_words))
     return 0.0 if any(pattern.search(block) for block in _THINK.findall(response)) else 1.0
+
+
+@functools.lru_cache(maxsize=8)
+def _hedging_pattern(hedging_words: tuple[str, ...]) -> re.Pattern[str]:
+    """Compiled once per word list, not once per row."""
+    return re.compile(r"\b(?:" + "|".join(map(re.escape, hedging_words)) + r")\b", re.IGNORECASE)
 
 
 def length_score(n_words: int, ideal: int, sigma_ratio: float = 0.5) -> float:

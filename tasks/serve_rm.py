@@ -181,8 +181,8 @@ class ScoreRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_form(self) -> ScoreRequest:
-        if (self.trajectory is None) == (self.response is None):
-            raise ValueError('send either "trajectory", or "prompt" and "response"')
+        if (self.trajectory is None) == (self.response is None) or (self.trajectory and self.prompt):
+            raise ValueError('send either "trajectory" (it holds its prompt), or "prompt" and "response"')
         return self
 
 

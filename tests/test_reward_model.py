@@ -114,3 +114,17 @@ def test_a_scoring_failure_is_an_error_not_a_zero() -> None:
     assert client.get("/health").json() == {"status": "ok", "model": "rm"}
     unhealthy = TestClient(serve_app(Broken(healthy=False), "rm")).get("/health")
     assert unhealthy.status_code == 503 and "weights failed to load" in unhealthy.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"prompt": "only a prompt"}, {"trajectory": "t", "prompt": "q"}, {"trajectory": "t", "response": "r"}, {}],
+)
+def test_a_score_request_takes_exactly_one_form(body: dict[str, str]) -> None:
+    from pydantic import ValidationError
+
+    from tasks.serve_rm import ScoreRequest
+
+    with pytest.raises(ValidationError, match="send either"):
+        ScoreRequest(**body)
+    assert ScoreRequest(trajectory="t").response is None and ScoreRequest(prompt="q", response="r").trajectory is None
