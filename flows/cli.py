@@ -855,7 +855,7 @@ def quickstart(
     ctx.invoke(data_synth, ctx=ctx, task="arith", n=test_questions, seed=777, name=None)
     console.rule("the pipeline (Prefect flow `autotraj`)")
     from flows.pipeline import pipeline_flow
-    from tasks.evaluate import EvalReport
+    from tasks.evaluate import EvalReport, model_label
 
     outputs = pipeline_flow(
         f"arith-s1-n{questions}", f"arith-s777-n{test_questions}", name="quickstart",
@@ -870,7 +870,7 @@ def quickstart(
     examples = {row["benchmark"]: row["n_examples"] for row in rows}
     console.rule("teacher vs SFT vs GRPO")
     legend = {
-        outputs["teacher"]: "the teacher that wrote the rollouts",
+        model_label(outputs["teacher"]): "the teacher that wrote the rollouts",
         outputs["sft_hq"]: "SFT on high-quality trajectories only",
         outputs["sft"]: "SFT on high-quality + repaired trajectories",
         outputs["grpo"]: "GRPO from that SFT policy, with the RM bonus",

@@ -34,13 +34,17 @@ class EvalModel:
     version_id: str | None
 
 
+def model_label(ref: str) -> str:
+    """How a model is named in results: its id or role, or a path's last two parts joined by '-'."""
+    return ref if "/" not in ref else "-".join(Path(ref).parts[-2:])
+
+
 def resolve_models(lake: Lake, refs: Sequence[str], data_dir: str) -> list[EvalModel]:
     """Model ids from the `models` table, roles (teacher, policy, …) or paths, with unique labels."""
     models = []
     for ref in refs:
         path, version_id = registered_model(lake, ref, data_dir)
-        label = ref if "/" not in ref else "-".join(Path(ref).parts[-2:])
-        models.append(EvalModel(label, path, version_id))
+        models.append(EvalModel(model_label(ref), path, version_id))
     labels = [model.label for model in models]
     if len(set(labels)) != len(labels):
         raise ValueError(f"models to compare must differ; got {labels}")
