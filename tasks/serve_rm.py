@@ -181,7 +181,9 @@ class ScoreRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_form(self) -> ScoreRequest:
-        if (self.trajectory is None) == (self.response is None) or (self.trajectory and self.prompt):
+        if (self.trajectory is None) == (self.response is None) or (
+            self.trajectory is not None and self.prompt is not None
+        ):
             raise ValueError('send either "trajectory" (it holds its prompt), or "prompt" and "response"')
         return self
 

@@ -244,7 +244,7 @@ def searcher_from_config(
     """The search backend the config names, wrapped in the query cache when asked (cache=None: config).
 
     A local corpus that does not exist is an error when search is `required` (some query needs it);
-    otherwise the run goes on without the tool (None) and says so once.
+    otherwise the run goes on without the tool (None) and logs a warning.
     """
     if config.backend == "http":
         if not config.url:
