@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tasks.bootstrap import model_dir
+from tasks.core.models import bootstrap_dir
 
 TARGET_SHARE = 0.10
 
@@ -51,7 +51,7 @@ def main() -> None:
     autotraj = [sys.executable, "-m", "flows.cli"]
     subprocess.run([*autotraj, "bootstrap"], check=True, env={**os.environ, "AUTOTRAJ_HOME": str(source)})
     home = Path(tempfile.mkdtemp(prefix="autotraj-bench-"))
-    shutil.copytree(model_dir(source), model_dir(home))
+    shutil.copytree(bootstrap_dir(source), bootstrap_dir(home))
     os.environ["AUTOTRAJ_HOME"] = str(home)
     os.environ["PREFECT_HOME"] = str(home / "prefect-home")  # a fresh Prefect database: only this run's task runs
     for n, seed in ((args.questions, 1), (args.test_questions, 777)):

@@ -20,10 +20,12 @@ import time
 import torch
 
 from schemas.config import load_config
-from tasks import synth
-from tasks.bootstrap import bootstrap
-from tasks.engine import EngineLimits, Prompts, RolloutEngine, ToolRunner, Trajectory, encode_prompt
-from tasks.llm import SamplingParams, TransformersBackend
+from tasks.bootstrap import synth
+from tasks.bootstrap.build import bootstrap
+from tasks.core.prompts import Prompts, encode_prompt
+from tasks.generation.engine import EngineLimits, RolloutEngine, Trajectory
+from tasks.generation.llm import SamplingParams, TransformersBackend
+from tasks.generation.tools import ToolRunner
 from tools_sandbox.executor import SandboxPool
 
 TARGET_SPEEDUP = 10.0
@@ -32,7 +34,7 @@ TARGET_CEILING = 0.7
 
 def trajectories(backend: TransformersBackend, problems: list[synth.Problem], samples: int) -> list[Trajectory]:
     """Fresh trajectories: `samples` per problem."""
-    prompts = Prompts.load()
+    prompts = Prompts.from_config()
     result = []
     for problem in problems:
         text, ids = encode_prompt(backend.tokenizer, prompts.system, problem.question)

@@ -7,7 +7,7 @@ from prefect.artifacts import create_table_artifact
 
 from schemas.config import load_config
 from schemas.lake import Lake
-from tasks.import_queries import FieldMapping, import_queries
+from tasks.stages.import_queries import FieldMapping, import_queries
 
 
 @flow(name="import-queries", log_prints=True)

@@ -1,78 +1,158 @@
-"""What every stage flow shares: its config and lake, the cache key, retries, progress and the artifact.
+"""The stage entry: the one call behind every stage's CLI command, Prefect flow and deployment.
 
-A stage flow resolves its inputs to version ids, then calls one coarse Prefect task whose result (a
-version or model id) is persisted under a cache key built from the stage, its config sections, its
-input versions and the code version. So a re-run skips finished stages, and a retried pipeline run
-resumes at the stage that failed. Data never passes through Prefect: only ids do.
+`run_stage(spec, request…)` loads the config, resolves the request through the spec
+(tasks/core/stage.py: inputs to version ids, model references, options, output name, fingerprint
+and lineage), then runs the stage: a data stage in this process, a training stage through the
+training dispatch (a Ray Train job, or in-process). Inside a Prefect flow run the work is one coarse
+task whose result (the output ids) is persisted under the spec's cache key, so a re-run skips a
+finished stage and a retried run resumes at the stage that failed; transient errors are retried,
+permanent ones fail at once. Data never passes through Prefect: only ids do.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from schemas.config import PipelineConfig, config_hash, load_config
-from schemas.lake import Lake, LakeError, code_version
+from schemas.config import PipelineConfig, load_config
+from schemas.lake import Lake
+from tasks.core.errors import is_permanent
+from tasks.core.stage import Progress, StageContext, StageResult, StageSpec, cache_key, prepare
+from tasks.stages import evaluate, grpo, pairs, repair, reward_model, rollout, score, sft
 
-# Errors a retry cannot fix: bad input, bad config, a missing model or version. Everything else (a
-# lost Ray worker, a server that timed out, a full disk that was cleaned) is worth another attempt.
-PERMANENT_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, LakeError)
+STAGES: dict[str, StageSpec] = {
+    spec.name: spec
+    for spec in (rollout.SPEC, score.SPEC, repair.SPEC, pairs.SPEC, sft.SPEC, reward_model.SPEC, grpo.SPEC,
+                 evaluate.SPEC)
+}
+REQUEST_EXTRAS = ("name", "profile", "overrides")  # what every stage flow takes besides the spec's parameters
 
 
-def stage_setup(profile: str, overrides: Sequence[str] | None) -> tuple[PipelineConfig, Lake]:
-    """The run's config and lake."""
-    config = load_config(profile, list(overrides or []))
-    return config, Lake.from_config(config.runtime)
+class StageIncomplete(RuntimeError):
+    """A stage committed its output, but some of it failed (errored trajectories): worth a retry."""
 
 
-def stage_key(stage: str, config: PipelineConfig, sections: Sequence[str], inputs: Sequence[str | None]) -> str:
-    """The cache key: stage, the config sections it reads, its input versions, the code version, and
-    which lake (version ids are only unique within one)."""
-    runtime = config.runtime
-    payload = {
-        "sections": {section: config.section_hash(section) for section in sections},
-        "inputs": list(inputs),
-        "code": code_version(),
-        "lake": [str(Path(runtime.data_dir).resolve()), runtime.lake_catalog_url, runtime.lake_data_path],
+def split_request(spec: StageSpec, arguments: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A flow's or command's arguments, split into the spec's inputs, models and options."""
+    return {
+        "inputs": {item.name: arguments.get(item.name) for item in spec.inputs},
+        "models": {model.name: arguments.get(model.name) for model in spec.models},
+        "options": {option.name: arguments.get(option.name) for option in spec.options},
     }
-    return f"{stage}-{config_hash(payload)}"
+
+
+def prepare_stage(
+    spec: StageSpec,
+    arguments: Mapping[str, Any],
+    config: PipelineConfig,
+    progress: Progress | None = None,
+) -> StageContext:
+    """Resolve a request (a flow's or command's arguments) into a stage context."""
+    request = split_request(spec, arguments)
+    lake = Lake.from_config(config.runtime)
+    return prepare(spec, config, lake, name=arguments.get("name"), progress=progress, **request)
+
+
+def execute(spec: StageSpec, context: StageContext) -> StageResult:
+    """Run a prepared stage: training stages through the training dispatch, the others here."""
+    if spec.kind != "train":
+        return spec.run(context)
+    from tasks.training.dispatch import run_training_job
+
+    return run_training_job(spec.run, context)
+
+
+def in_flow_run() -> bool:
+    """Whether this process is inside a Prefect flow run (without importing Prefect when unused)."""
+    if "prefect" not in sys.modules:
+        return False
+    from prefect.context import FlowRunContext
+
+    return FlowRunContext.get() is not None
+
+
+def run_stage(
+    spec: StageSpec,
+    arguments: Mapping[str, Any],
+    profile: str = "cpu",
+    overrides: Sequence[str] | None = None,
+    progress: Progress | None = None,
+) -> StageResult:
+    """Run one stage for a request; inside a Prefect flow run, as its cached, retried task."""
+    config = load_config(profile, list(overrides or []))
+    if in_flow_run():
+        context = prepare_stage(spec, arguments, config)
+        outputs = _run_stage_task(_stage_task(spec.name), key=cache_key(context), context=context)
+        return StageResult(outputs, {})
+    context = prepare_stage(spec, arguments, config, progress)
+    return execute(spec, context)
+
+
+def run_stage_flow(spec: StageSpec, arguments: Mapping[str, Any]) -> dict[str, str]:
+    """A stage flow's body: run the stage with the flow's own arguments; return its output ids."""
+    return run_stage(spec, arguments, arguments.get("profile") or "cpu", arguments.get("overrides")).outputs
+
+
+# -- Prefect ---------------------------------------------------------------------------------------
+
+
+def transient_failure(_task: Any, _task_run: Any, state: Any) -> bool:
+    """Prefect's retry condition: retry a failed stage task unless its error is permanent."""
+    return not is_permanent(state.result(raise_on_failure=False))
+
+
+def _task_body(key: str, context: StageContext) -> dict[str, str]:
+    """The stage's work as a Prefect task: progress to the run's log, metrics to an artifact."""
+    spec = STAGES[context.stage]
+    context.progress = log_progress(spec.name)
+    with _gpu_slot(spec, context.config):
+        result = execute(spec, context)
+    publish(spec, context, result)
+    if result.problem:
+        raise StageIncomplete(f"{spec.name}: {result.problem} (outputs so far: {result.outputs})")
+    return result.outputs
+
+
+@functools.cache
+def _stage_task(name: str) -> Any:
+    """The coarse Prefect task of one stage (a distinct task per stage, named after it)."""
+    from prefect import task
+
+    def body(key: str, context: StageContext) -> dict[str, str]:
+        return _task_body(key, context)
+
+    body.__name__ = body.__qualname__ = f"{name}_task"
+    return task(body, name=name, persist_result=True, retry_condition_fn=transient_failure)
 
 
 def _cache_key(_context: Any, parameters: Mapping[str, Any]) -> str:
     return parameters["key"]
 
 
-def transient_failure(_task: Any, _task_run: Any, state: Any) -> bool:
-    """Prefect's retry condition: retry a failed stage task unless its error is permanent."""
-    error = state.result(raise_on_failure=False)
-    return not isinstance(error, PERMANENT_ERRORS)
-
-
-def stage_task(function: Callable[..., Any]) -> Any:
-    """A coarse Prefect task: result persisted, transient errors retried (the cache is set per call)."""
-    from prefect import task
-
-    return task(
-        function,
-        name=function.__name__.removesuffix("_task"),
-        persist_result=True,
-        retry_condition_fn=transient_failure,
-    )
-
-
-def run_stage_task(stage_task_: Any, **parameters: Any) -> Any:
-    """Call a stage task (its parameters include `config`) with the configured retries and delay; its
-    result is kept under the data directory, next to the lake it names."""
+def _run_stage_task(stage_task: Any, key: str, context: StageContext) -> dict[str, str]:
+    """Call a stage task with the configured retries, its result kept under the data directory."""
     from prefect.cache_policies import CacheKeyFnPolicy
 
-    runtime = parameters["config"].runtime
+    runtime = context.config.runtime
     cache = CacheKeyFnPolicy(cache_key_fn=_cache_key).configure(
         key_storage=Path(runtime.data_dir).resolve() / "prefect" / "cache"
     )
-    return stage_task_.with_options(
+    return stage_task.with_options(
         retries=runtime.stage_retries, retry_delay_seconds=runtime.stage_retry_delay_s, cache_policy=cache
-    )(**parameters)
+    )(key=key, context=context)
+
+
+def _gpu_slot(spec: StageSpec, config: PipelineConfig) -> contextlib.AbstractContextManager:
+    """The global concurrency slot `gpu`, held by training stages that use GPUs."""
+    if spec.kind != "train" or not config.runtime.train_gpus:
+        return contextlib.nullcontext()
+    from prefect.concurrency.sync import concurrency
+
+    return concurrency("gpu", occupy=config.runtime.train_gpus)
 
 
 def log_progress(label: str) -> Callable[..., None]:
@@ -84,46 +164,23 @@ def log_progress(label: str) -> Callable[..., None]:
 
     def report(done: int, total: int, info: str = "") -> None:
         tenth = done * 10 // max(1, total)
-        if done == total or tenth > last.get(label, -1):
-            last[label] = tenth
+        if done == total or tenth > last.get(info, -1):
+            last[info] = tenth
             logger.info("%s: %d/%d %s", label, done, total, info)
 
     return report
 
 
-def flat_metrics(metrics: Mapping[str, Any], prefix: str = "") -> list[dict[str, Any]]:
-    """Nested metrics as rows of (metric, value) for a table artifact."""
-    rows: list[dict[str, Any]] = []
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            rows += flat_metrics(value, f"{name}.")
-        else:
-            rows.append({"metric": name, "value": value})
-    return rows
-
-
-def publish(stage: str, name: str, metrics: Mapping[str, Any], description: str) -> None:
-    """A Prefect table artifact with the stage's counts and metrics."""
+def publish(spec: StageSpec, context: StageContext, result: StageResult) -> None:
+    """A Prefect table artifact with the stage's summary (or its flat metrics)."""
     from prefect.artifacts import create_table_artifact
 
-    key = f"{stage}-{name}".lower().replace("_", "-").replace(".", "-").replace("@", "-").replace("/", "-")
-    create_table_artifact(key=key, table=flat_metrics(metrics), description=description)
-
-
-def train(stage: str, config: PipelineConfig, **arguments: Any) -> str:
-    """Run a training stage as a Ray job (holding the `gpu` concurrency slot when it uses GPUs); publish
-    its metrics; return the model id."""
-    import contextlib
-
-    from tasks.distributed import run_training_job
-
-    slot: Any = contextlib.nullcontext()
-    if config.runtime.train_gpus:
-        from prefect.concurrency.sync import concurrency
-
-        slot = concurrency("gpu", occupy=config.runtime.train_gpus)
-    with slot:
-        report = run_training_job(stage, config, log_progress(stage), **arguments)
-    publish(stage, report.model_id, report.metrics, f"{report.model_id} at {report.path}")
-    return report.model_id
+    key = f"{spec.command}-{context.name}".lower().replace("_", "-").replace(".", "-").replace("@", "-")
+    if result.summary is not None:
+        table = [dict(zip(result.summary.columns, map(str, row), strict=True)) for row in result.summary.rows]
+        description = result.summary.title
+    else:
+        table = [{"metric": name, "value": str(value)} for name, value in result.metrics.items()]
+        description = spec.description
+    outputs = ", ".join(f"{name}: {value}" for name, value in result.outputs.items())
+    create_table_artifact(key=key, table=table, description=f"{description} ({outputs})")

@@ -35,8 +35,11 @@ class Section(BaseModel):
 class RolloutConfig(Section):
     """Teacher rollout: N candidate trajectories per query with real tool execution."""
 
-    model: str = "teacher"
-    backend: Literal["transformers", "openai", "vllm"] = "transformers"
+    model: str = Field("teacher", description="the teacher: a model reference (role, models/<name>, path, URL#name)")
+    backend: Literal["transformers", "openai", "vllm"] = Field(
+        "transformers", description="for local models; a served model (URL#name) always uses openai"
+    )
+    tokenizer: str | None = Field(None, description="tokenizer of a served model (default: the served name)")
     n: int = Field(4, ge=1, description="candidate trajectories per query")
     max_tool_calls: int = Field(3, ge=0)
     max_turns: int = Field(10, ge=1)
@@ -44,7 +47,9 @@ class RolloutConfig(Section):
     max_total_tokens: int = Field(4096, ge=1)
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(
+        32, ge=1, description="contexts per generate call (local models) or requests in flight (served models)"
+    )
     seed: int = 0
     system_prompt_file: str | None = None
     user_template_file: str | None = None
@@ -74,8 +79,9 @@ class ScoreConfig(Section):
 class RepairConfig(Section):
     """LLM-as-Repairer: prompts, acceptance thresholds and attempts."""
 
-    model: str = "repairer"
+    model: str = Field("repairer", description="the repairer: a model reference")
     backend: Literal["transformers", "openai", "vllm"] = "transformers"
+    tokenizer: str | None = Field(None, description="tokenizer of a served model (default: the served name)")
     accept_threshold_correct_low_quality: float = 0.86
     accept_threshold_wrong: float = 0.80
     max_attempts: int = Field(1, ge=1)
@@ -150,7 +156,9 @@ class GrpoConfig(Section):
 class EvaluateConfig(Section):
     """Side-by-side evaluation of models on benchmarks."""
 
-    benchmarks: list[str] = Field(default_factory=list)
+    benchmarks: list[str] = Field(default_factory=list, description="queries datasets `autotraj eval` defaults to")
+    backend: Literal["transformers", "vllm"] = Field("transformers", description="for local models")
+    tokenizer: str | None = Field(None, description="tokenizer of served models (default: each served name)")
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
     max_queries: int | None = Field(None, ge=1)
 

@@ -90,11 +90,18 @@ def run_worker(*args: str, home: Path) -> subprocess.Popen[str]:
     )
 
 
+def run_stage_here(stage: str, overrides: list[str] | None = None, profile: str = "cpu", **arguments: Any) -> Any:
+    """Run a stage through the stage entry the CLI and the flows call (no Prefect flow run: no cache)."""
+    from flows.stage import STAGES, run_stage
+
+    return run_stage(STAGES[stage], arguments, profile, overrides)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory):
     """The test-size bootstrap build (tokenizer, teacher, repairer), trained once per test session, or
     reused from $AUTOTRAJ_TEST_MODELS when that names a directory (local runs; CI builds afresh)."""
-    from tasks.bootstrap import bootstrap
+    from tasks.bootstrap.build import bootstrap
 
     return bootstrap(os.environ.get("AUTOTRAJ_TEST_MODELS") or tmp_path_factory.mktemp("models"), "test", seed=0)
 
@@ -104,7 +111,7 @@ def local_ray():
     """One local Ray for the whole session (starting it costs seconds), shut down at the end."""
     import ray
 
-    from tasks.distributed import ensure_ray
+    from tasks.core.ray import ensure_ray
 
     ensure_ray()
     yield ray

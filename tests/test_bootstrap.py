@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from schemas.config import load_config
-from tasks.bootstrap import bootstrap, check_reload
-from tasks.bootstrap_eval import evaluate_build
-from tasks.tir import TAG_TOKENS
+from tasks.bootstrap.build import bootstrap, check_reload
+from tasks.bootstrap.check import evaluate_build
+from tasks.core.tir import TAG_TOKENS
 
 
 def test_models_load_like_any_hugging_face_model(tiny_models) -> None:

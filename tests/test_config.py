@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
-from schemas.config import PROFILES_DIR, ConfigError, PipelineConfig, load_config
+from schemas.config import PROFILES_DIR, PROJECT_ROOT, ConfigError, PipelineConfig, load_config
 
 
 def test_defaults_are_the_papers_constants() -> None:
@@ -124,3 +126,47 @@ def test_relative_data_paths_become_absolute() -> None:
     runtime = load_config("cpu", ["runtime.data_dir=rel/home", "runtime.lake_data_path=rel/data"]).runtime
     assert runtime.data_dir == str(Path.cwd() / "rel" / "home")
     assert runtime.lake_data_path == str(Path.cwd() / "rel" / "data")
+
+
+def _config_models(model: type[BaseModel], path: tuple[str, ...] = ()):
+    """(path, class) of every config section, nested ones included."""
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield (*path, name), annotation
+            yield from _config_models(annotation, (*path, name))
+
+
+def test_every_config_key_is_read_by_some_code_path() -> None:
+    """A key counts as read where the code reads `<section>.<key>` (directly, through a variable bound to
+    the section or annotated with its class) or names it as a dotted key (a stage spec, an override)."""
+    reads: set[tuple[str, str]] = set()
+    dotted: set[str] = set()
+    for folder in ("flows", "tasks", "tools_sandbox", "schemas"):
+        for path in (PROJECT_ROOT / folder).rglob("*.py"):
+            if path == PROJECT_ROOT / "schemas" / "config.py":
+                continue
+            tree = ast.parse(path.read_text())
+            aliases: dict[str, set[str]] = {}  # a variable -> the sections (or section classes) it may hold
+            for node in ast.walk(tree):
+                if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                        and isinstance(node.value, ast.Attribute)):  # fmt: skip
+                    aliases.setdefault(node.targets[0].id, set()).add(node.value.attr)
+                elif isinstance(node, ast.arg) and node.annotation is not None:
+                    aliases.setdefault(node.arg, set()).add(ast.unparse(node.annotation).split("|")[0].strip())
+                elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    dotted.add(node.value)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Attribute):
+                    owner = node.value.attr if isinstance(node.value, ast.Attribute) else getattr(node.value, "id", "")
+                    reads |= {(name, node.attr) for name in {owner, *aliases.get(owner, ())}}
+    unread = [
+        ".".join((*path, leaf))
+        for path, model in _config_models(PipelineConfig)
+        for leaf, field in model.model_fields.items()
+        if not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel))
+        and ".".join((*path, leaf)) not in dotted
+        and (path[-1], leaf) not in reads
+        and (model.__name__, leaf) not in reads
+    ]
+    assert not unread, f"config keys no code reads: {unread}"

@@ -5,22 +5,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from schemas.lake import Lake
-from tasks.tir import extract_boxed
+from tasks.core.tir import extract_boxed
 
 
-def test_eval_compares_models_and_writes_results_and_a_chart(tiny_models, lake: Lake, home: Path, cli) -> None:
+def test_eval_compares_models_and_writes_results_and_a_chart(tiny_models, lake: Lake, home: Path, cli, monkeypatch):
     cli("data", "synth", "--n", "6", "--seed", "31")
     chart = home / "cmp.png"
-    models = f"{tiny_models.teacher},{tiny_models.repairer}"
-    result = cli("eval", "--models", models, "--bench", "arith-s31-n6", "--out", str(chart), "--no-ray")
+    monkeypatch.chdir(Path(tiny_models.teacher).parent)
+    models = f"./teacher,{tiny_models.repairer}"  # a relative path resolves against the working directory
+    result = cli("eval", "--models", models, "--benchmarks", "arith-s31-n6", "--chart", str(chart), "--no-ray")
     assert result.exit_code == 0, result.output
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     labels = [f"{Path(tiny_models.teacher).parent.name}-teacher", f"{Path(tiny_models.repairer).parent.name}-repairer"]
     assert all(label in result.output for label in labels)
 
     results = lake.read("eval_results/eval").to_pylist()
-    assert len(results) == 2 * 6 and {row["n_examples"] for row in results} == {6}
+    assert len(results) == 2 * 7 and {row["n_examples"] for row in results} == {6}
     value = {(row["model_id"], row["metric"]): row["value"] for row in results}
     golds = {row["query_id"]: row["answers"] for row in lake.read("queries/arith-s31-n6").to_pylist()}
     for label in labels:
@@ -34,11 +37,18 @@ def test_eval_compares_models_and_writes_results_and_a_chart(tiny_models, lake: 
         assert 0.0 <= value[(label, "mean_quality")] <= 1.0 and 0.0 <= value[(label, "format_valid")] <= 1.0
 
     versions = len(lake.versions())
-    again = cli("eval", "--models", models, "--bench", "arith-s31-n6", "--out", str(chart), "--no-ray")
+    again = cli("eval", "--models", models, "--benchmarks", "arith-s31-n6", "--chart", str(chart), "--no-ray")
     assert again.exit_code == 0 and len(lake.versions()) == versions  # greedy and finished: nothing recomputed
 
 
-def test_eval_refuses_unknown_models(lake: Lake, cli) -> None:
+def test_eval_refuses_unknown_models_and_benchmarks_in_one_line(tiny_models, lake: Lake, cli) -> None:
     cli("data", "synth", "--n", "2", "--seed", "32")
-    result = cli("eval", "--models", "no-such-model", "--bench", "arith-s32-n2", "--no-ray")
-    assert result.exit_code != 0 and "no model 'no-such-model'" in result.output
+    result = cli("eval", "--models", "no-such-model", "--benchmarks", "arith-s32-n2", "--no-ray")
+    assert result.exit_code == 2 and "model 'no-such-model': not a role" in result.output
+    assert f"not a path ({Path.cwd() / 'no-such-model'} does not exist)" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    mistyped = cli("eval", "--models", tiny_models.teacher, "--benchmarks", "arith-s32-n3", "--no-ray")
+    assert mistyped.exit_code == 2 and len(mistyped.output.strip().splitlines()) == 1
+    assert "no version 'arith-s32-n3' in table 'queries'; datasets: arith-s32-n2" in mistyped.output
+    with pytest.raises(FileNotFoundError, match="no-such-model"):  # --debug: the error itself, with its traceback
+        cli("--debug", "eval", "--models", "no-such-model", "--benchmarks", "arith-s32-n2")

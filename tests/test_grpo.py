@@ -15,11 +15,11 @@ import pytest
 
 from schemas.config import load_config
 from schemas.lake import Lake
-from tasks import synth
-from tasks.engine import Prompts, ToolRunner
-from tasks.grpo import ENDED, GrpoReward, composite_reward, grpo_dataset, grpo_trainer, run_grpo
-from tasks.llm import load_tokenizer
-from tasks.serve_rm import (
+from tasks.bootstrap import synth
+from tasks.core.prompts import Prompts
+from tasks.generation.llm import load_tokenizer
+from tasks.generation.tools import ToolRunner
+from tasks.serving.reward_model import (
     ActorRewardModel,
     HttpRewardModel,
     RewardInput,
@@ -27,7 +27,8 @@ from tasks.serve_rm import (
     RewardScorer,
     serve_app,
 )
-from tests.conftest import free_port, serve_in_thread
+from tasks.stages.grpo import ENDED, GrpoReward, composite_reward, grpo_dataset, grpo_trainer
+from tests.conftest import free_port, run_stage_here, serve_in_thread
 
 # Small budgets keep the test-size policy's rollouts short.
 GRPO_TEST = [
@@ -100,7 +101,7 @@ def test_reward_scores_correct_answers_with_the_rm_and_fails_loudly(tiny_rm: str
     assert logged["reward_parts/rm_scored"] == 1 and logged["reward_parts/rm_score"] == pytest.approx(rm_score, 1e-4)
 
     # The same scorer in a Ray actor scores token ids, in one batch.
-    actor = ActorRewardModel(tiny_rm, Prompts.load().system)
+    actor = ActorRewardModel(tiny_rm, Prompts.from_config().system)
     try:
         actor.check()
         assert actor.score([RewardInput(i, "", "") for i in ids]) == pytest.approx(scorer.score_ids(ids), abs=1e-4)
@@ -124,7 +125,7 @@ def test_rollouts_line_up_with_segments_and_trl_masks_tool_tokens(tiny_models, t
     config = load_config("cpu", GRPO_TEST)
     queries = [{"query_id": p.id, "question": p.question, "answers": [str(p.answer)], "task": "math"}
                for p in synth.generate(2, seed=22)]  # fmt: skip
-    dataset = grpo_dataset(queries, Prompts.load().user_template)
+    dataset = grpo_dataset(queries, Prompts.from_config())
     tokenizer = load_tokenizer(tiny_models.teacher)
     with SandboxPool(config.tools.python) as pool:
         runner = ToolRunner(pool, None, config.tools.max_result_chars)
@@ -156,10 +157,10 @@ def test_rollouts_line_up_with_segments_and_trl_masks_tool_tokens(tiny_models, t
 
 def test_an_unhealthy_reward_model_stops_grpo_before_training(tiny_models, tiny_rm: str, lake: Lake, cli) -> None:
     cli("data", "synth", "--n", "4", "--seed", "23")
-    config = load_config("cpu", GRPO_TEST)
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(RewardModelError, match=f"reward model at {url} is unreachable"):
-        run_grpo(lake, "arith-s23-n4", "g", config, policy=tiny_models.teacher, reward_model=url, max_steps=2)
+        run_stage_here("grpo", GRPO_TEST, queries="arith-s23-n4", name="g", policy=tiny_models.teacher,
+                       reward_model=url, max_steps=2)  # fmt: skip
 
     class Broken(RewardScorer):
         def health(self) -> float:
@@ -169,7 +170,8 @@ def test_an_unhealthy_reward_model_stops_grpo_before_training(tiny_models, tiny_
         serve_in_thread(serve_app(Broken(tiny_rm), "rm")) as url,
         pytest.raises(RewardModelError, match=r"unhealthy: 503 .*weights are NaN"),
     ):
-        run_grpo(lake, "arith-s23-n4", "g", config, policy=tiny_models.teacher, reward_model=url, max_steps=2)
+        run_stage_here("grpo", GRPO_TEST, queries="arith-s23-n4", name="g", policy=tiny_models.teacher,
+                       reward_model=url, max_steps=2)  # fmt: skip
     assert lake.versions("models") == []
 
 
@@ -205,23 +207,24 @@ def test_grpo_moves_the_policy_and_a_killed_run_resumes_from_its_checkpoint(
         process.wait()
     assert lake.versions("models") == []  # nothing was registered by the killed run
 
-    config = load_config("cpu", overrides)
-    report = run_grpo(lake, "arith-s24-n8", "arith-s24-n8-grpo", config, policy=tiny_models.teacher, max_steps=steps)
-    metrics = report.metrics
-    assert report.trained and metrics["steps"] == steps
+    arguments = {"queries": "arith-s24-n8", "policy": tiny_models.teacher, "max_steps": steps}
+    result = run_stage_here("grpo", overrides, **arguments)
+    metrics = result.metrics
+    assert "already" not in result.summary.title and metrics["steps"] == steps
     assert 2 <= metrics["resumed_from_step"] < steps  # resumed from a checkpoint, not from scratch
     print(f"GRPO mean reward: first step {metrics['first_reward']:.3f}, last step {metrics['final_reward']:.3f}")
 
-    before, after = _parameters(tiny_models.teacher), _parameters(report.path)
+    registered = lake.read(result.outputs["models"]).to_pylist()[0]
+    before, after = _parameters(tiny_models.teacher), _parameters(registered["path"])
     assert any(not (before[name] == after[name]).all() for name in before)  # the policy moved
 
     logged = lake.sql(
         "SELECT name, count(*) AS n, count(DISTINCT step) AS steps FROM train_metrics "
         "WHERE model_id = ? AND (name LIKE 'reward_parts/%' OR name = 'reward') GROUP BY name",
-        [report.model_id],
+        [result.outputs["model"]],
     ).to_pylist()
     by_name = {row["name"]: row for row in logged}
     for part in ("reward", "reward_parts/format_valid", "reward_parts/outcome", "reward_parts/rm_bonus"):
         assert by_name[part]["n"] == by_name[part]["steps"] == steps  # every step logged once, none twice
-    again = run_grpo(lake, "arith-s24-n8", "arith-s24-n8-grpo", config, policy=tiny_models.teacher, max_steps=steps)
-    assert not again.trained and again.model_id == report.model_id
+    again = run_stage_here("grpo", overrides, **arguments)
+    assert "already trained" in again.summary.title and again.outputs["model"] == result.outputs["model"]

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas.lake import Lake
-from tasks.import_queries import FieldMapping, ImportFormatError, import_queries, query_id_for
+from tasks.stages.import_queries import FieldMapping, ImportFormatError, import_queries, query_id_for
 from tests.conftest import FIXTURES, SHARED_DATA
 
 MESSY = FIXTURES / "messy_queries.jsonl"

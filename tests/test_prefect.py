@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from schemas.config import PROJECT_ROOT
 from schemas.lake import Lake, LakeError
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, run_stage_here
 
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -113,7 +115,7 @@ def test_stage_flows_resume_at_the_failed_stage_without_recomputing(prefect_api,
         failed = chain(str(repairer), return_state=True)
     finally:
         shutil.move(away, repairer)
-    assert failed.is_failed() and "not found" in str(failed.result(raise_on_failure=False))
+    assert failed.is_failed() and "does not exist" in str(failed.result(raise_on_failure=False))
     lake = Lake(home)
     assert [info.version_id for info in lake.versions("rollouts", "arith-s41-n6-rollout")] == [
         "rollouts/arith-s41-n6-rollout@1"
@@ -155,21 +157,37 @@ def _pipeline_overrides(tiny_models) -> list[str]:
     ]
 
 
-def test_pipeline_runs_every_stage_and_a_rerun_skips_them_all(prefect_api, tiny_models, home: Path, cli) -> None:
-    from flows.pipeline import pipeline_flow
+def _pipeline_outputs(output: str) -> dict[str, Any]:
+    """What `autotraj pipeline` printed as its outputs: `key: id` lines (`pairs.sft_examples: id` nested)."""
+    outputs: dict[str, Any] = {}
+    for key, value in re.findall(r"^([a-z_]+(?:\.[a-z_]+)?): (\S+)$", output, re.MULTILINE):
+        step, _, part = key.partition(".")
+        if part:
+            outputs.setdefault(step, {})[part] = value
+        else:
+            outputs[step] = value
+    return outputs
 
+
+def test_pipeline_runs_every_stage_and_a_rerun_skips_them_all(prefect_api, tiny_models, home: Path, cli) -> None:
     cli("data", "synth", "--n", "16", "--seed", "3")
     cli("data", "synth", "--n", "6", "--seed", "777")
-    overrides = _pipeline_overrides(tiny_models)
+    command = ["pipeline", "arith-s3-n16", "--test-queries", "arith-s777-n6", "--name", "e2e"]
+    for override in _pipeline_overrides(tiny_models):
+        command += ["--set", override]
     started = datetime.now(UTC)
-    outputs = pipeline_flow("arith-s3-n16", "arith-s777-n6", name="e2e", overrides=overrides)
+    result = cli(*command)
+    assert result.exit_code == 0, result.output
+    outputs = _pipeline_outputs(result.output)
 
     lake = Lake(home)
-    tables = {key: lake.resolve(ref).table_name for key, ref in outputs.items() if ref.count("/") == 1 and "@" in ref}
-    assert tables == {
+    pairs = outputs["pairs"]
+    versions = {key: outputs[key] for key in ("rollouts", "scores", "repairs", "eval_results")} | pairs
+    assert {key: lake.resolve(ref).table_name for key, ref in versions.items()} == {
         "rollouts": "rollouts", "scores": "scores", "repairs": "repairs", "sft_examples": "sft_examples",
         "preference_pairs": "preference_pairs", "eval_results": "eval_results",
     }  # fmt: skip
+    assert outputs["pairs_hq"]["sft_examples"] == "sft_examples/e2e-hq@1"
     assert lake.read(outputs["rollouts"]).num_rows == 32  # 16 queries x 2 samples
     assert lake.read(outputs["scores"]).num_rows == 32
     # Each stage read the version the stage before it wrote.
@@ -177,7 +195,7 @@ def test_pipeline_runs_every_stage_and_a_rerun_skips_them_all(prefect_api, tiny_
     assert outputs["scores"] in lake.resolve(outputs["repairs"]).input_versions
     registered = {lake.read(info).column("model_id")[0].as_py(): info for info in lake.versions("models")}
     assert {outputs["sft"], outputs["sft_hq"], outputs["reward_model"], outputs["grpo"]} <= set(registered)
-    assert outputs["sft_examples"] in registered[outputs["sft"]].input_versions
+    assert pairs["sft_examples"] in registered[outputs["sft"]].input_versions
     # GRPO started from that SFT model, with that reward model.
     grpo_inputs = registered[outputs["grpo"]].input_versions
     assert {registered[outputs["sft"]].version_id, registered[outputs["reward_model"]].version_id} <= set(grpo_inputs)
@@ -192,7 +210,8 @@ def test_pipeline_runs_every_stage_and_a_rerun_skips_them_all(prefect_api, tiny_
 
     # The same run again: every stage task comes from the cache, and the lake gains no version.
     versions_before = len(lake.versions())
-    assert pipeline_flow("arith-s3-n16", "arith-s777-n6", name="e2e", overrides=overrides) == outputs
+    again = cli(*command)
+    assert again.exit_code == 0 and _pipeline_outputs(again.output) == outputs
     for stage in ("rollout", "score", "repair", "pairs", "sft", "reward_model", "grpo", "evaluate"):
         states = _task_run_states(stage, started)
         runs = 2 if stage in ("pairs", "sft") else 1  # two pairs sets, two SFT models
@@ -220,3 +239,64 @@ def test_a_stage_deployments_parameters_select_its_input_version(prefect_api, ti
         scores = lake.resolve(score_flow(**score_flow.validate_parameters(parameters)))
         assert scores.input_versions == (expected.version_id,)
         assert lake.read(scores).num_rows == expected.row_count
+
+
+def test_an_edited_prompt_retrains_sft_and_an_unrelated_change_does_not(
+    prefect_api, tiny_models, home: Path, tmp_path: Path
+) -> None:
+    import random
+
+    from flows.sft import sft_flow
+    from schemas.lake import Lineage
+    from tasks.bootstrap import synth
+    from tasks.core.prompts import load_prompt
+
+    rows = []
+    for index, problem in enumerate(synth.generate(8, seed=43, prefix="stale")):
+        segments = [{"kind": "model" if kind == "model" else "tool", "tool": None if kind == "model" else kind,
+                     "text": text, "token_ids": [], "n_tokens": 0}
+                    for kind, text in synth.render(problem, "clean", random.Random(index))]  # fmt: skip
+        rows.append({"example_id": f"s{index}", "query_id": problem.id, "origin": "repair", "source_id": f"r{index}",
+                     "prompt": problem.question, "segments": segments, "quality": 1.0})  # fmt: skip
+    lake = Lake(home)
+    lake.write("sft_examples", "stale", rows, Lineage("pairs"))
+    system = tmp_path / "system.txt"
+    system.write_text(load_prompt(None, "rollout.system_prompt_file"))
+    overrides = [f"rollout.system_prompt_file={system}", "runtime.train_dispatch=local", "sft.batch_size=4"]
+    arguments = {"examples": "stale", "base": tiny_models.teacher, "max_steps": 2}
+    started = datetime.now(UTC)
+
+    first = sft_flow(**arguments, overrides=overrides)
+    system.write_text(system.read_text() + "\nAlways check the result of your code before you answer.")
+    edited = sft_flow(**arguments, overrides=overrides)  # SFT reads the system prompt: a new model
+    assert edited != first
+    assert _task_run_states("sft", started) == ["Completed", "Completed"]
+    unrelated = sft_flow(**arguments, overrides=[*overrides, "rollout.temperature=0.3", "grpo.max_steps=3"])
+    assert unrelated == edited and _task_run_states("sft", started) == ["Cached", "Completed", "Completed"]
+    assert [lake.read(info).column("model_id")[0].as_py() for info in lake.versions("models", "stale")] == [
+        first, edited
+    ]
+    # Without Prefect (the CLI), the lake alone gives the same answers.
+    assert run_stage_here("sft", overrides, **arguments).outputs["model"] == edited
+    system.write_text(system.read_text() + " Be brief.")
+    assert run_stage_here("sft", overrides, **arguments).outputs["model"] not in (first, edited)
+
+
+def test_a_pipeline_whose_pairs_are_empty_stops_there_without_retries(prefect_api, tiny_models, home: Path, cli):
+    from flows.pipeline import pipeline_flow
+
+    cli("data", "synth", "--n", "4", "--seed", "44")
+    nothing_passes = [  # no trajectory is high quality and no repair is accepted
+        "score.all_high_quality_threshold=2", "score.best_high_quality_threshold=2",
+        "repair.accept_threshold_wrong=1.0", "repair.accept_threshold_correct_low_quality=1.0", "rollout.n=1",
+        "runtime.stage_retry_delay_s=0",
+    ]  # fmt: skip
+    started = datetime.now(UTC)
+    overrides = [*_pipeline_overrides(tiny_models), *nothing_passes]
+    state = pipeline_flow("arith-s44-n4", "arith-s44-n4", name="empty", overrides=overrides, return_state=True)
+    assert state.is_failed()
+    message = str(state.result(raise_on_failure=False))
+    assert "sft_examples/empty: 0 SFT examples from repairs/empty@1" in message and "0 high-quality" in message
+    assert _task_run_states("pairs", started) == ["Failed"]  # once: a permanent error is not retried
+    assert _task_run_states("sft", started) == []  # the pipeline stopped at pairs
+    assert Lake(home).versions("sft_examples") == []

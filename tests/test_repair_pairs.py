@@ -9,10 +9,12 @@ import pytest
 
 from schemas.config import load_config
 from schemas.lake import Lake
-from tasks import synth
-from tasks.export import export_rows
-from tasks.pairs import build_rows
-from tasks.repair import judge_repair, own_length_quality, repair_prompt
+from tasks.bootstrap import synth
+from tasks.core.prompts import repair_prompt
+from tasks.reports.export import export_rows
+from tasks.scoring.quality import own_length_quality
+from tasks.stages.pairs import build_rows
+from tasks.stages.repair import judge_repair
 
 CONFIG = load_config("cpu")
 QUERY = {"question": "What is 3 + 4?", "answers": ["7"], "task": "math"}
@@ -41,7 +43,7 @@ def test_both_repair_prompts_show_the_question_and_the_bad_trajectory(tmp_path: 
     assert "wrong" in repair_prompt("q", "t", "wrong").lower()
     custom = tmp_path / "mine.txt"
     custom.write_text("Fix this. Q: {question}\nA: {trajectory}")
-    config = CONFIG.repair.model_copy(update={"wrong_prompt_file": str(custom)})
+    config = load_config("cpu", [f"repair.wrong_prompt_file={custom}"])
     assert repair_prompt("q?", "bad!", "wrong", config) == "Fix this. Q: q?\nA: bad!"
 
 

@@ -13,10 +13,10 @@ import pytest
 
 from schemas.config import load_config
 from schemas.lake import Lake, Lineage
-from tasks import synth
-from tasks.reward_model import held_out, run_reward_model
-from tasks.serve_rm import RewardScorer
-from tests.conftest import free_port
+from tasks.bootstrap import synth
+from tasks.serving.reward_model import RewardScorer
+from tasks.stages.reward_model import held_out
+from tests.conftest import free_port, run_stage_here
 
 
 def _segments(problem: synth.Problem, style: str, rng: random.Random) -> list[dict]:
@@ -44,8 +44,9 @@ def test_reward_model_ranks_held_out_pairs_is_registered_and_served(tiny_models,
         )  # fmt: skip
     lake.write("preference_pairs", "synthetic", rows, Lineage("pairs"))
     config = load_config("cpu")
-    report = run_reward_model(lake, "preference_pairs/synthetic", "rm", config, base_model=tiny_models.teacher)
-    metrics = report.metrics
+    arguments = {"pairs": "preference_pairs/synthetic", "name": "rm", "base": tiny_models.teacher}
+    result = run_stage_here("reward_model", ["runtime.train_dispatch=local"], **arguments)
+    metrics = result.metrics
     with capsys.disabled():
         print(f"\n  reward model held-out pairwise accuracy {metrics['held_out_accuracy']:.3f} "
               f"on {metrics['held_out_pairs']} pairs (train {metrics['train_accuracy']:.3f})", end="")  # fmt: skip
@@ -55,20 +56,21 @@ def test_reward_model_ranks_held_out_pairs_is_registered_and_served(tiny_models,
     assert metrics["final_loss"] < metrics["first_loss"]
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(report.path)
-    assert model.config.num_labels == 1
     registered = lake.read("models/rm").to_pylist()[0]
     assert registered["kind"] == "reward_model" and registered["method"] == "lora"
-    again = run_reward_model(lake, "preference_pairs/synthetic", "rm", config, base_model=tiny_models.teacher)
-    assert not again.trained and again.model_id == report.model_id
+    assert registered["model_id"] == result.outputs["model"]
+    model = AutoModelForSequenceClassification.from_pretrained(registered["path"])
+    assert model.config.num_labels == 1
+    again = run_stage_here("reward_model", ["runtime.train_dispatch=local"], **arguments)
+    assert again.outputs["model"] == result.outputs["model"] and len(lake.versions("models", "rm")) == 1
 
     # The same model behind `autotraj serve-rm`, found by its model id in the models table.
-    scorer = RewardScorer(report.path)
+    scorer = RewardScorer(registered["path"])
     clean, flawed = rows[0]["chosen"], rows[0]["rejected"]
     expected = scorer.score([(rows[0]["prompt"], clean), (None, flawed)])
     port = free_port()
     env = {**os.environ, "AUTOTRAJ_HOME": str(home)}
-    command = [sys.executable, "-m", "flows.cli", "serve-rm", "--model", report.model_id, "--port", str(port)]
+    command = [sys.executable, "-m", "flows.cli", "serve-rm", "--model", registered["model_id"], "--port", str(port)]
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -94,7 +96,7 @@ def test_reward_model_ranks_held_out_pairs_is_registered_and_served(tiny_models,
 def test_a_scoring_failure_is_an_error_not_a_zero() -> None:
     from fastapi.testclient import TestClient
 
-    from tasks.serve_rm import serve_app
+    from tasks.serving.reward_model import serve_app
 
     class Broken:
         def __init__(self, healthy: bool):
@@ -123,7 +125,7 @@ def test_a_scoring_failure_is_an_error_not_a_zero() -> None:
 def test_a_score_request_takes_exactly_one_form(body: dict[str, str]) -> None:
     from pydantic import ValidationError
 
-    from tasks.serve_rm import ScoreRequest
+    from tasks.serving.reward_model import ScoreRequest
 
     with pytest.raises(ValidationError, match="send either"):
         ScoreRequest(**body)

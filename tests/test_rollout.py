@@ -15,14 +15,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from schemas.config import load_config
 from schemas.lake import Lake
-from tasks import synth
-from tasks.engine import FINISH_REASONS, EngineLimits, Prompts, RolloutEngine, ToolRunner, Trajectory, encode_prompt
-from tasks.llm import OpenAIBackend, SamplingParams, TransformersBackend
-from tasks.rollout import ModelSpec, run_rollout
-from tasks.tir import TOOL_STOPS, parse_tool_call, tool_segment_text
-from tests.conftest import free_port
+from tasks.bootstrap import synth
+from tasks.core.prompts import Prompts, encode_prompt
+from tasks.core.tir import TOOL_STOPS, parse_tool_call, tool_segment_text
+from tasks.generation.engine import FINISH_REASONS, EngineLimits, RolloutEngine, Trajectory
+from tasks.generation.llm import OpenAIBackend, SamplingParams, TransformersBackend
+from tasks.generation.tools import ToolRunner
+from tests.conftest import free_port, run_stage_here
 from tools_sandbox.executor import SandboxPool
 from tools_sandbox.results import format_result
 
@@ -41,7 +41,7 @@ def pool():
 
 
 def _trajectories(backend, count: int = len(QUESTIONS)) -> list[Trajectory]:
-    prompts = Prompts.load()
+    prompts = Prompts.from_config()
     result = []
     for problem in QUESTIONS[:count]:
         text, ids = encode_prompt(backend.tokenizer, prompts.system, problem.question)
@@ -85,8 +85,8 @@ class _WithoutKeys:
     def __init__(self, backend: TransformersBackend):
         self.backend, self.tokenizer, self.name = backend, backend.tokenizer, backend.name
 
-    def generate(self, contexts, stop, params, keys=None):
-        return self.backend.generate(contexts, stop, params)
+    def generate(self, contexts, stop, params, keys=None, seeds=None):
+        return self.backend.generate(contexts, stop, params, seeds=seeds)
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
@@ -117,7 +117,7 @@ def test_limits_end_trajectories_with_their_reason(teacher, pool) -> None:
 
 
 def _import_questions(lake: Lake, tmp_path: Path, count: int, task: str = "math") -> str:
-    from tasks.import_queries import FieldMapping, import_queries
+    from tasks.stages.import_queries import FieldMapping, import_queries
 
     path = synth.write_jsonl(QUESTIONS[:count], tmp_path / "rt.jsonl")
     report = import_queries(lake, path, f"rt-{task}", FieldMapping(task="no-such-field", default_task=task))
@@ -125,26 +125,30 @@ def _import_questions(lake: Lake, tmp_path: Path, count: int, task: str = "math"
     return report.queries_version.version_id
 
 
-def _config(home: Path, **rollout):
-    overrides = [f"rollout.{key}={value}" for key, value in ({"max_new_tokens_per_turn": 160} | rollout).items()]
-    return load_config("cpu", [*overrides, "tools.python.workers=1"])
+def _overrides(**rollout) -> list[str]:
+    return [f"rollout.{key}={value}" for key, value in ({"max_new_tokens_per_turn": 160} | rollout).items()] + [
+        "tools.python.workers=1"
+    ]
 
 
 def test_sharded_ray_run_equals_one_shard_in_process(
     tiny_models, local_ray, lake: Lake, home: Path, tmp_path: Path
 ) -> None:
     queries = _import_questions(lake, tmp_path, 6)
-    config = _config(home, temperature=0.0)
-    spec = ModelSpec("transformers", tiny_models.teacher)
-    whole = run_rollout(lake, queries, "whole", spec, config, n=2, shard_size=100, use_ray=False)
-    sharded = run_rollout(lake, queries, "sharded", spec, config, n=2, shard_size=2, actors=2, use_ray=True)
-    assert sharded.shards_committed == 3 and whole.shards_committed == 1
-    one, many = lake.read(whole.version).to_pylist(), lake.read(sharded.version).to_pylist()
+    common = {"queries": queries, "model": tiny_models.teacher, "n": 2}
+    overrides = _overrides(temperature=0.0)
+    whole = run_stage_here("rollout", overrides, **common, name="whole", shard_size=100, no_ray=True)
+    sharded = run_stage_here("rollout", overrides, **common, name="sharded", shard_size=2, actors=2)
+    partials = {name: [info for info in lake.versions("rollouts") if info.dataset.startswith(f"{name}.partial-")]
+                for name in ("whole", "sharded")}  # fmt: skip
+    assert len(partials["sharded"]) == 3 and len(partials["whole"]) == 1  # one commit per shard
+    one, many = lake.read(whole.outputs["rollouts"]).to_pylist(), lake.read(sharded.outputs["rollouts"]).to_pylist()
     assert len(one) == len(many) == 12
     key = ("trajectory_id", "response", "finish_reason", "segments")
     assert [{k: row[k] for k in key} for row in one] == [{k: row[k] for k in key} for row in many]
     assert len({row["trajectory_id"] for row in one}) == 12
-    assert whole.version.input_versions == (queries,) and whole.version.stage == "rollout"
+    info = lake.resolve(whole.outputs["rollouts"])
+    assert info.input_versions == (queries,) and info.stage == "rollout"
 
 
 def test_a_missing_search_corpus_stops_only_rollouts_whose_queries_need_search(
@@ -152,26 +156,24 @@ def test_a_missing_search_corpus_stops_only_rollouts_whose_queries_need_search(
 ) -> None:
     from tools_sandbox.search import SearchError
 
-    config = load_config("cpu", ["rollout.max_new_tokens_per_turn=160", f"tools.search.corpus={tmp_path / 'none'}"])
-    spec = ModelSpec("transformers", tiny_models.teacher)
-    math = run_rollout(lake, _import_questions(lake, tmp_path, 2), "math", spec, config, n=1, use_ray=False)
-    assert math.trajectories == 2 and math.errors == 0
+    overrides = [*_overrides(), f"tools.search.corpus={tmp_path / 'none'}"]
+    math = run_stage_here("rollout", overrides, queries=_import_questions(lake, tmp_path, 2), model=tiny_models.teacher,
+                          n=1, no_ray=True, name="math")  # fmt: skip
+    assert math.metrics["trajectories"] == 2 and math.metrics["errors"] == 0
     with pytest.raises(SearchError, match=r"search corpus .* not found"):
-        run_rollout(lake, _import_questions(lake, tmp_path, 2, "qa"), "qa", spec, config, n=1, use_ray=False)
+        run_stage_here("rollout", overrides, queries=_import_questions(lake, tmp_path, 2, "qa"),
+                       model=tiny_models.teacher, n=1, no_ray=True, name="qa")  # fmt: skip
 
 
 ROLLOUT_SCRIPT = """
 import sys
-from schemas.config import load_config
-from schemas.lake import Lake
-from tasks.rollout import ModelSpec, run_rollout
-config = load_config("cpu", ["rollout.max_new_tokens_per_turn=160", "tools.python.workers=1"])
-lake = Lake.from_config(config.runtime)
-def show(done, total):
+def show(done, total, info=""):
     print("progress", done, total, flush=True)
-report = run_rollout(lake, sys.argv[1], "resumed", ModelSpec("transformers", sys.argv[2]), config,
-                     n=2, shard_size=1, use_ray=False, progress=show)
-print("generated", report.generated, flush=True)
+from flows.stage import STAGES, run_stage
+result = run_stage(STAGES["rollout"], {"queries": sys.argv[1], "model": sys.argv[2], "n": 2, "shard_size": 1,
+                   "no_ray": True, "name": "resumed"}, "cpu",
+                   ["rollout.max_new_tokens_per_turn=160", "tools.python.workers=1"], progress=show)
+print("generated", result.metrics["generated"], flush=True)
 """
 
 
@@ -267,3 +269,19 @@ def test_failing_server_is_retried_and_recorded(mode: str, tiny_models, pool) ->
     assert _Flaky.calls == 4  # two contexts, two attempts each
     assert all(t.finish_reason == "error" and url in (t.error or "") for t in trajectories)
     assert remote.failed_requests == 2
+
+
+def test_rollout_batch_size_sets_the_generation_batch(tiny_models, lake: Lake, tmp_path: Path, cli, monkeypatch):
+    rows_per_call: list[int] = []
+    run = TransformersBackend._run
+
+    def recording(self, inputs, contexts, *args, **kwargs):
+        rows_per_call.append(len(contexts))
+        return run(self, inputs, contexts, *args, **kwargs)
+
+    monkeypatch.setattr(TransformersBackend, "_run", recording)
+    queries = _import_questions(lake, tmp_path, 4)
+    overrides = [item for override in _overrides(batch_size=3) for item in ("--set", override)]
+    result = cli(*overrides, "rollout", "-q", queries, "-m", tiny_models.teacher, "--n", "2", "--no-ray")
+    assert result.exit_code == 0, result.output
+    assert max(rows_per_call) == 3 and rows_per_call[0] == 3  # 8 trajectories, 3 rows per generate call

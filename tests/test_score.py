@@ -7,9 +7,17 @@ import math
 import pytest
 
 from schemas.config import ScoreConfig
-from tasks import verify
-from tasks.score import confidence, label_query, length_score, quality, repetition_score, score_rows, tool_stats
-from tasks.verify import qa_outcome, token_f1, verify_answer
+from tasks.scoring import verify
+from tasks.scoring.quality import (
+    confidence,
+    label_query,
+    length_score,
+    quality,
+    repetition_score,
+    score_rows,
+    tool_stats,
+)
+from tasks.scoring.verify import qa_outcome, token_f1, verify_answer
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from schemas.config import load_config
 from schemas.lake import Lake, Lineage
-from tasks import synth
-from tasks.distributed import run_training_job
-from tasks.engine import Prompts, encode_prompt
-from tasks.sft import IGNORE, run_sft, sft_features
+from tasks.bootstrap import synth
+from tasks.core.prompts import Prompts, encode_prompt
+from tasks.training.features import IGNORE, sft_features
+from tests.conftest import run_stage_here
 
 
 def _segments(problem: synth.Problem, style: str = "clean") -> list[dict]:
@@ -23,7 +23,7 @@ def test_labels_are_ignored_exactly_on_prompt_and_tool_tokens(tiny_models) -> No
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_models.teacher)
-    system = Prompts.load().system
+    system = Prompts.from_config().system
     problem = synth.generate(1, seed=8)[0]
     segments = _segments(problem)
     features = sft_features(tokenizer, system, problem.question, segments)
@@ -53,25 +53,44 @@ def test_sft_trains_as_a_ray_job_registers_and_is_not_repeated(tiny_models, lake
         for i, p in enumerate(problems)
     ]  # fmt: skip
     lake.write("sft_examples", "tiny", rows, Lineage("pairs"))
-    config = load_config("cpu", ["sft.learning_rate=0.003", "sft.batch_size=4", "sft.num_epochs=3"])
-    assert config.runtime.train_dispatch == "ray"
+    overrides = ["sft.learning_rate=0.003", "sft.batch_size=4", "sft.num_epochs=3"]
+    assert load_config("cpu", overrides).runtime.train_dispatch == "ray"
     seen: list[tuple[int, int, str]] = []
-    report = run_training_job(
-        "sft", config, lambda *update: seen.append(update), sft_ref="sft_examples/tiny", name="tiny",
-        base_model=tiny_models.teacher,
-    )  # fmt: skip
+    from flows.stage import STAGES, run_stage
+
+    arguments = {"examples": "sft_examples/tiny", "name": "tiny", "base": tiny_models.teacher}
+    result = run_stage(STAGES["sft"], arguments, "cpu", overrides, progress=lambda *update: seen.append(update))
     assert [step for step, _, _ in seen] == list(range(1, 13)) and seen[-1][2].startswith("loss ")  # via a Ray queue
-    metrics = report.metrics
-    assert report.trained and metrics["examples"] == 16 and metrics["steps"] == 12 and metrics["too_long"] == 0
+    metrics = result.metrics
+    assert metrics["examples"] == 16 and metrics["steps"] == 12 and metrics["too_long"] == 0
     assert metrics["final_loss"] < metrics["first_loss"]
     from transformers import AutoModelForCausalLM
 
-    AutoModelForCausalLM.from_pretrained(report.path)
     model_row = lake.read("models/tiny").to_pylist()[0]
-    assert model_row["kind"] == "policy" and model_row["base_model"] == tiny_models.teacher
+    assert model_row["model_id"] == result.outputs["model"] and model_row["kind"] == "policy"
+    assert model_row["base_model"] == tiny_models.teacher
+    AutoModelForCausalLM.from_pretrained(model_row["path"])
     assert lake.resolve("models/tiny").input_versions == (lake.resolve("sft_examples/tiny").version_id,)
     losses = [r for r in lake.read("train_metrics/tiny").to_pylist() if r["name"] == "loss"]
     assert [r["step"] for r in losses] == list(range(1, 13))
-    assert list(Path(report.path).parent.rglob("events.out.tfevents.*"))
-    again = run_sft(lake, "sft_examples/tiny", "tiny", config, base_model=tiny_models.teacher)
-    assert not again.trained and again.model_id == report.model_id and len(lake.versions("models", "tiny")) == 1
+    assert list(Path(model_row["path"]).parent.rglob("events.out.tfevents.*"))
+    again = run_stage_here("sft", overrides, **arguments)
+    assert again.outputs["model"] == result.outputs["model"] and "already trained" in again.summary.title
+    assert len(lake.versions("models", "tiny")) == 1
+
+
+def test_a_permanent_error_comes_back_from_a_ray_job_as_itself(tiny_models, lake: Lake, local_ray) -> None:
+    import pytest
+
+    from flows.stage import transient_failure
+    from tasks.core.errors import StageInputError
+
+    lake.write("sft_examples", "empty", [], Lineage("pairs"))
+    with pytest.raises(StageInputError, match=r"sft_examples/empty@1 has no example to train on: it is empty") as error:
+        run_stage_here("sft", [], examples="empty", base=tiny_models.teacher)  # dispatched as a Ray Train job
+
+    class State:  # what Prefect's retry condition reads
+        def result(self, raise_on_failure: bool = False) -> BaseException:
+            return error.value
+
+    assert transient_failure(None, None, State()) is False  # not retried

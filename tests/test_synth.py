@@ -10,8 +10,8 @@ import re
 
 import pytest
 
-from tasks import synth
-from tasks.tir import extract_boxed, format_problem, parse_tool_call, tool_segment_text
+from tasks.bootstrap import synth
+from tasks.core.tir import extract_boxed, format_problem, parse_tool_call, tool_segment_text
 
 
 def test_problems_are_reproducible_and_answers_are_right() -> None:

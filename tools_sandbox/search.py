@@ -34,6 +34,10 @@ class SearchError(RuntimeError):
     """A search that could not be answered (unreachable or failing server, malformed reply)."""
 
 
+class CorpusError(SearchError, FileNotFoundError):
+    """A local corpus that is missing or holds nothing: a configuration error, not worth a retry."""
+
+
 @dataclass(frozen=True)
 class Passage:
     """One retrieved passage."""
@@ -65,7 +69,7 @@ class LocalSearch:
     def __init__(self, corpus: str | os.PathLike[str], cache_dir: str | os.PathLike[str]):
         self.corpus = Path(corpus).resolve()
         if not self.corpus.exists():
-            raise SearchError(f"search corpus {self.corpus} not found")
+            raise CorpusError(f"search corpus {self.corpus} not found")
         stat = self.corpus.stat()
         key = hashlib.sha256(f"{INDEX_FORMAT}|{self.corpus}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
         self.index_dir = Path(cache_dir) / "search_index" / key[:16]
@@ -88,7 +92,7 @@ class LocalSearch:
                     self.skipped_lines += 1
                     log.warning("corpus %s line %d skipped: %s", self.corpus, number, exc)
         if not passages:
-            raise SearchError(f"search corpus {self.corpus} holds no valid passages")
+            raise CorpusError(f"search corpus {self.corpus} holds no valid passages")
         return passages
 
     def _build(self) -> None:

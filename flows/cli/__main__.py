@@ -1,0 +1,5 @@
+"""`python -m flows.cli …` runs the `autotraj` command."""
+
+from flows.cli import app
+
+app()

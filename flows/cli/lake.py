@@ -1,0 +1,177 @@
+"""Lake commands: `tables`, `sql`, `attach` to inspect it; `export` and `report` to take data out."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from flows.cli.common import config_of, console, fail, lake_of
+
+
+def register(app: typer.Typer) -> None:
+    """Add the lake commands to the top-level app."""
+    for command in (tables, sql, attach, export, report):
+        app.command()(command)
+
+
+def tables(
+    ctx: typer.Context,
+    versions: Annotated[bool, typer.Option("--versions", help="List every version with its lineage.")] = False,
+) -> None:
+    """Show the lake's tables, their datasets, versions, row counts and lineage."""
+    from schemas.tables import VERSIONED_TABLES
+
+    lake = lake_of(ctx)
+    infos = lake.versions()
+    by_table: dict[str, list[Any]] = defaultdict(list)
+    for info in infos:
+        by_table[info.table_name].append(info)
+    summary = Table("table", "datasets", "versions", "rows (latest)", "last written", title=f"lake at {lake.lake_dir}")
+    for table in VERSIONED_TABLES:
+        entries = by_table.get(table, [])
+        latest: dict[str, Any] = {}
+        for info in entries:
+            latest[info.dataset] = info
+        rows = sum(info.row_count for info in latest.values())
+        when = max((info.created_at for info in entries), default=None)
+        summary.add_row(
+            table,
+            ", ".join(sorted(latest)) or "-",
+            str(len(entries)),
+            str(rows),
+            when.strftime("%Y-%m-%d %H:%M:%S") if when else "-",
+        )
+    console.print(summary)
+    if versions:
+        detail = Table(
+            "version", "stage", "run", "rows", "inputs", "config", "flow run", "written", title="versions and lineage"
+        )
+        for info in infos:
+            detail.add_row(
+                info.version_id,
+                info.stage,
+                info.run_id,
+                str(info.row_count),
+                ", ".join(info.input_versions) or "-",
+                info.config_hash or "-",
+                info.prefect_flow_run_id or "-",
+                info.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            )
+        console.print(detail)
+
+
+def _print_arrow(result: Any, output_format: str, max_rows: int) -> None:
+    if output_format == "csv":
+        import pyarrow.csv as pacsv
+
+        sink = sys.stdout.buffer
+        pacsv.write_csv(result, sink)
+        sink.flush()
+        return
+    rows = result.to_pylist()
+    if output_format == "json":
+        sys.stdout.write(json.dumps(rows, default=str, ensure_ascii=False, indent=1) + "\n")
+        return
+    table = Table(*result.column_names)
+    for row in rows[:max_rows]:
+        table.add_row(*("NULL" if value is None else str(value) for value in row.values()))
+    console.print(table)
+    if len(rows) > max_rows:
+        console.print(f"… {len(rows) - max_rows} more rows (use --max-rows or --format csv|json)")
+
+
+def sql(
+    ctx: typer.Context,
+    query: Annotated[
+        str, typer.Argument(help="SQL over the views: <table> (latest), <table>_all, runs, lake.<table>.")
+    ],
+    output_format: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
+    max_rows: Annotated[int, typer.Option(help="Rows shown in table format.")] = 50,
+) -> None:
+    """Query the lake read-only with DuckDB; every table is a view of its latest versions."""
+    import duckdb
+
+    if output_format not in {"table", "csv", "json"}:
+        raise fail(f"--format must be table, csv or json, not {output_format!r}")
+    try:
+        result = lake_of(ctx).sql(query)
+    except duckdb.Error as exc:
+        raise fail(str(exc).strip(), code=1) from None
+    _print_arrow(result, output_format, max_rows)
+
+
+def attach(ctx: typer.Context) -> None:
+    """Print the SQL that attaches this lake in your own DuckDB session (read only)."""
+    from schemas.lake import extension_file
+
+    lake = lake_of(ctx)
+    lake.initialize()
+    ducklake = extension_file("duckdb_extension_ducklake", "ducklake.duckdb_extension")
+    catalog_ext = (
+        lake.data_dir
+        / "duckdb_extensions"
+        / (
+            "sqlite_scanner.duckdb_extension"
+            if lake.catalog_url.startswith("sqlite:")
+            else "postgres_scanner.duckdb_extension"
+        )
+    )
+    console.print("-- start duckdb with unsigned extensions allowed: duckdb -unsigned", markup=False)
+    console.print(f"LOAD '{ducklake}';\nLOAD '{catalog_ext}';", markup=False)
+    console.print(
+        f"ATTACH 'ducklake:{lake.catalog_url}' AS lake (DATA_PATH '{lake.data_path}/', READ_ONLY);", markup=False
+    )
+    console.print("SELECT * FROM lake.runs ORDER BY created_at DESC LIMIT 10;", markup=False)
+
+
+def export(
+    ctx: typer.Context,
+    kind: Annotated[str, typer.Argument(help="sft or pairs.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output .jsonl file.")],
+    version: Annotated[
+        str | None, typer.Option("--version", "-v", help="Dataset version [default: the latest written].")
+    ] = None,
+    output_format: Annotated[str, typer.Option("--format", "-f", help="trl, llamafactory or sharegpt.")] = "trl",
+) -> None:
+    """Export SFT examples or preference pairs for another trainer (tool results stay in the text)."""
+    from tasks.core.prompts import Prompts
+    from tasks.reports.export import FORMATS, KINDS, export_rows
+
+    if kind not in KINDS:
+        raise fail(f"unknown kind {kind!r}; choose sft or pairs")
+    if output_format not in FORMATS:
+        raise fail(f"unknown format {output_format!r}; choose from {', '.join(FORMATS)}")
+    lake = lake_of(ctx)
+    table = KINDS[kind]
+    if version is None:
+        written = sorted(lake.versions(table), key=lambda info: info.created_at)
+        if not written:
+            raise fail(f"no {table} version yet; run `autotraj pairs` first")
+        info = written[-1]
+    else:
+        info = lake.resolve(version, table)
+    system = Prompts.from_config(config_of(ctx)).system
+    count = export_rows(kind, lake.read(info).to_pylist(), output_format, system, out)
+    console.print(f"wrote {count} rows of {info.version_id} to {out} ({output_format})")
+
+
+def report(
+    ctx: typer.Context,
+    repairs: Annotated[str, typer.Option("--repairs", help="Repairs version (name, name@N, repairs/name@N).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Directory [default: <data dir>/reports/<name>].")
+    ] = None,
+) -> None:
+    """Write a markdown report with quality histograms before and after repair."""
+    from tasks.reports.report import write_report
+
+    lake = lake_of(ctx)
+    info = lake.resolve(repairs, "repairs")
+    path = write_report(lake, info.version_id, out or Path(config_of(ctx).runtime.data_dir) / "reports" / info.dataset)
+    console.print(f"wrote {path} and {path.parent / 'quality.png'}")

@@ -1,0 +1,358 @@
+"""Build the embedded default's models offline: a byte-level BPE tokenizer and two tiny causal LMs.
+
+No pretrained generative model can be downloaded here, so `autotraj bootstrap` trains its own, from
+scratch, on synthetic trajectories of the arithmetic task (tasks/bootstrap/synth.py):
+- the **teacher** imitates a real teacher's spread of quality: mostly clean tool use, some hedging,
+  some verbose/repetitive thinking, some skipping the tool and guessing a wrong number (and, once
+  sampled, some copying a number of the question wrongly into its code);
+- the **repairer** reads the repair prompt (question + a bad trajectory) and writes a clean one.
+Both are Llama-architecture models saved in Hugging Face format, so every later stage loads them
+with `AutoModelForCausalLM.from_pretrained(path)` like any real model.
+
+The training loop is a plain PyTorch loop: this is from-scratch pretraining of a ~0.2M-parameter model
+on generated data, where TRL/Trainer machinery adds nothing but startup time.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tasks.bootstrap import synth
+from tasks.core.models import bootstrap_dir
+from tasks.core.prompts import load_prompt, repair_prompt
+from tasks.core.tir import TAG_TOKENS
+
+log = logging.getLogger(__name__)
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
+TEACHER_STYLES = {"clean": 0.40, "hedging": 0.15, "verbose": 0.15, "skip_tool": 0.30}
+# A teacher that copied a number wrongly is a source the repairer must fix by reading the question,
+# not the bad code.
+REPAIR_SOURCES = {"hedging": 0.25, "verbose": 0.25, "skip_tool": 0.3, "miscopied": 0.2}
+
+
+@dataclass(frozen=True)
+class BootstrapSize:
+    """How big and how long: the full build, or the test build."""
+
+    vocab_size: int = 1500
+    hidden_size: int = 64
+    layers: int = 2  # two layers are enough to copy the question's numbers (an induction circuit)
+    heads: int = 4
+    intermediate_size: int = 170
+    teacher_steps: int = 1800
+    repairer_steps: int = 700
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    tokenizer_problems: int = 2000
+    number_loss_weight: float = 10.0  # numbers are what the task is about and a small share of the tokens
+
+    @classmethod
+    def named(cls, name: str) -> BootstrapSize:
+        """'full' (the embedded default) or 'test' (for the test suite)."""
+        if name == "full":
+            return cls()
+        if name == "test":
+            # Shorter, yet past the step (about 1000) where the teacher learns to copy the question
+            # into its code: the pipeline test needs some correct answers to train on.
+            return cls(teacher_steps=1300, repairer_steps=250)
+        raise ValueError(f"unknown bootstrap size {name!r}; choose full or test")
+
+
+def build_tokenizer(out_dir: Path, size: BootstrapSize, seed: int) -> Any:
+    """Train a byte-level BPE (digits split one by one, TIR tags as whole tokens) and save it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    rng = random.Random(seed)
+    system = _system_prompt()
+    # Every prompt the models will read, often enough that its words become whole tokens.
+    repair_prompts = [load_prompt(None, f"repair.{variant}_prompt_file") for variant in ("wrong", "low_quality")]
+    corpus = [system, *repair_prompts] * 200
+    for problem in synth.generate(size.tokenizer_problems, seed, prefix="tok"):
+        style = rng.choice(synth.STYLES)
+        corpus += [problem.question, synth.trajectory_text(synth.render(problem, style, rng))]
+    tokenizer = Tokenizer(models.BPE())
+    # Whole numbers stay one pre-token (GPT-2's split), so a number is the same few tokens wherever
+    # it appears, and copying it from the question into code is token identity, which tiny models
+    # learn fast (with one token per digit, copying shows up far later).
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=size.vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus, trainer)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|pad|>",
+        unk_token=None,
+    )
+    wrapped.add_tokens(list(TAG_TOKENS))
+    wrapped.chat_template = CHAT_TEMPLATE
+    wrapped.save_pretrained(out_dir)
+    return wrapped
+
+
+def check_reload(tokenizer: Any, config: Any) -> None:
+    """Fail early unless a model directory holding this tokenizer reloads it token for token."""
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as directory:
+        config.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+        reloaded = AutoTokenizer.from_pretrained(directory)
+    problem = synth.generate(1, 0, prefix="check")[0]
+    sample = _messages_text(tokenizer, problem.question) + synth.trajectory_text(
+        synth.render(problem, "clean", random.Random(0))
+    )
+    if reloaded.encode(sample, add_special_tokens=False) != tokenizer.encode(sample, add_special_tokens=False):
+        raise RuntimeError(
+            f"the tokenizer reloads as {type(reloaded).__name__} and tokenizes differently from the trained one"
+        )
+
+
+@functools.cache
+def _system_prompt() -> str:
+    """The bundled system prompt the tiny models are trained to follow (read once per build)."""
+    return load_prompt(None, "rollout.system_prompt_file")
+
+
+def _messages_text(tokenizer: Any, user: str) -> str:
+    messages = [{"role": "system", "content": _system_prompt()}, {"role": "user", "content": user}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _messages_ids(tokenizer: Any, user: str) -> list[int]:
+    return tokenizer.encode(_messages_text(tokenizer, user), add_special_tokens=False)
+
+
+def encode_example(tokenizer: Any, user: str, segments: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
+    """(input ids, labels): the prompt is not trained on; each segment tokenized on its own, as the engine does."""
+    prompt = _messages_ids(tokenizer, user)
+    completion = [token for _, text in segments for token in tokenizer.encode(text, add_special_tokens=False)]
+    completion.append(tokenizer.eos_token_id)
+    return prompt + completion, [-100] * len(prompt) + completion
+
+
+def _pick(rng: random.Random, weights: dict[str, float]) -> str:
+    return rng.choices(list(weights), weights=list(weights.values()))[0]
+
+
+def teacher_example(tokenizer: Any, rng: random.Random) -> tuple[list[int], list[int]]:
+    """A fresh problem, answered in a style drawn from the teacher's mixture."""
+    problem = synth.make_problem(rng, 0, prefix="train")
+    return encode_example(tokenizer, problem.question, synth.render(problem, _pick(rng, TEACHER_STYLES), rng))
+
+
+def repairer_example(tokenizer: Any, rng: random.Random) -> tuple[list[int], list[int]]:
+    """A repair prompt around a flawed trajectory, answered with a clean one."""
+    problem = synth.make_problem(rng, 0, prefix="train")
+    source = _pick(rng, REPAIR_SOURCES)
+    bad = synth.trajectory_text(synth.render(problem, source, rng))
+    user = repair_prompt(problem.question, bad, "wrong" if source in synth.WRONG_STYLES else "low_quality")
+    return encode_example(tokenizer, user, synth.render(problem, "clean", rng))
+
+
+def model_config(tokenizer: Any, size: BootstrapSize) -> Any:
+    """The tiny Llama's configuration.
+
+    Llama rather than Qwen2: transformers loads every qwen2 model directory with Qwen2Tokenizer,
+    which replaces the trained pre-tokenizer with Qwen's (one token per digit); llama directories
+    keep the tokenizer they hold.
+    """
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=size.hidden_size,
+        intermediate_size=size.intermediate_size,
+        num_hidden_layers=size.layers,
+        num_attention_heads=size.heads,
+        num_key_value_heads=size.heads,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _length_grouped_batches(
+    tokenizer: Any, make_example: Callable, rng: random.Random, batch_size: int, group: int = 8
+) -> Iterator[list[tuple[list[int], list[int]]]]:
+    """Endless batches of fresh examples; each batch holds examples of similar length (less padding)."""
+    while True:
+        examples = sorted((make_example(tokenizer, rng) for _ in range(batch_size * group)), key=lambda e: len(e[0]))
+        batches = [examples[start : start + batch_size] for start in range(0, len(examples), batch_size)]
+        rng.shuffle(batches)
+        yield from batches
+
+
+def train_model(
+    tokenizer: Any,
+    make_example: Callable[[Any, random.Random], tuple[list[int], list[int]]],
+    steps: int,
+    size: BootstrapSize,
+    seed: int,
+    out_dir: Path,
+    progress: Callable[[int, float], None] | None = None,
+    init_from: Path | None = None,
+    device: str | None = None,
+) -> dict[str, float]:
+    """Train a tiny Llama (from scratch, or on from `init_from`) on fresh examples; save it; return losses."""
+    import torch
+    from transformers import LlamaForCausalLM, get_wsd_schedule
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    config = model_config(tokenizer, size)
+    model = LlamaForCausalLM.from_pretrained(init_from) if init_from else LlamaForCausalLM(config)
+    model.to(device)
+    number_weight = torch.tensor(
+        [
+            size.number_loss_weight if any(c.isdigit() for c in token) else 1.0
+            for token in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        ],
+        device=device,
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=size.learning_rate, weight_decay=0.01)
+    # Warmup, a long stable phase (copying numbers emerges late, at full learning rate), a short decay.
+    schedule = get_wsd_schedule(
+        optimizer, max(1, steps // 20), num_decay_steps=max(1, steps // 5), num_training_steps=steps
+    )
+    model.train()
+    started = time.monotonic()
+    losses: list[float] = []
+    batches = _length_grouped_batches(tokenizer, make_example, rng, size.batch_size)
+    weighted_tokens = 0.0
+    for step in range(steps):
+        batch = next(batches)
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
+        labels = torch.full((len(batch), width), -100)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (ids, row_labels) in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            labels[row, : len(ids)] = torch.tensor(row_labels)
+            attention[row, : len(ids)] = 1
+        input_ids, labels, attention = input_ids.to(device), labels.to(device), attention.to(device)
+        logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1]
+        targets = labels[:, 1:]
+        per_token = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
+        )
+        weights = (targets.reshape(-1) != -100).float() * number_weight[targets.reshape(-1).clamp(min=0)]
+        total = (per_token * weights).sum()
+        loss = total / weights.sum()  # per token: what is reported
+        # Batches are grouped by length, so divide by the mean weighted tokens per batch so far, not this
+        # batch's own count: every example then weighs the same whether its batch is short or long.
+        weighted_tokens += weights.sum().item()
+        (total * (step + 1) / weighted_tokens).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if progress is not None:
+            progress(step + 1, loss.item())
+    model.eval().to("cpu")
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    tail = losses[-max(1, steps // 10) :]
+    return {
+        "first_loss": losses[0],
+        "final_loss": sum(tail) / len(tail),
+        "parameters": model.num_parameters(),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+@dataclass
+class BootstrapResult:
+    """Where the models are and what the build measured."""
+
+    directory: str
+    teacher: str
+    repairer: str
+    tokenizer: str
+    size: str
+    seconds: float
+    metrics: dict[str, Any]
+    built: bool  # False when the cached build was reused
+
+
+def bootstrap(
+    data_dir: str | Path,
+    size_name: str = "full",
+    seed: int = 0,
+    force: bool = False,
+    progress: Callable[[str, int, int, float], None] | None = None,
+    evaluate: Callable[[Path], dict[str, Any]] | None = None,
+) -> BootstrapResult:
+    """Build (or reuse) tokenizer, teacher and repairer under the data directory."""
+    import torch
+
+    size = BootstrapSize.named(size_name)
+    final = bootstrap_dir(data_dir, size_name, seed)
+    manifest = final / "bootstrap.json"
+    if manifest.exists() and not force:
+        return BootstrapResult(**json.loads(manifest.read_text()), built=False)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    started = time.monotonic()
+    # Build beside the final directory and rename, so a killed build never leaves half a model.
+    staging = final.with_name(final.name + ".building")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    tokenizer = build_tokenizer(staging / "tokenizer", size, seed)
+    check_reload(tokenizer, model_config(tokenizer, size))
+    metrics: dict[str, Any] = {"tokenizer_vocab": len(tokenizer)}
+    # The repairer starts from the teacher: it already reads questions and copies numbers into code,
+    # and only has to learn to read a repair prompt and always answer cleanly.
+    for role, make_example, steps, init_from in (
+        ("teacher", teacher_example, size.teacher_steps, None),
+        ("repairer", repairer_example, size.repairer_steps, staging / "teacher"),
+    ):
+
+        def report(step: int, loss: float, role: str = role, steps: int = steps) -> None:
+            if progress is not None:
+                progress(role, step, steps, loss)
+
+        metrics[role] = train_model(tokenizer, make_example, steps, size, seed, staging / role, report, init_from)
+    if final.exists():
+        shutil.rmtree(final)
+    staging.rename(final)
+    if evaluate is not None:
+        evaluation_started = time.monotonic()
+        metrics["evaluation"] = evaluate(final) | {"seconds": round(time.monotonic() - evaluation_started, 1)}
+    result = {
+        "directory": str(final),
+        "teacher": str(final / "teacher"),
+        "repairer": str(final / "repairer"),
+        "tokenizer": str(final / "tokenizer"),
+        "size": size_name,
+        "seconds": round(time.monotonic() - started, 1),
+        "metrics": metrics | {"size": asdict(size)},
+    }
+    manifest.write_text(json.dumps(result, indent=1))
+    return BootstrapResult(**result, built=True)

@@ -1,0 +1,63 @@
+"""Ray, the one way heavy work is spread: a local Ray by default, RAY_ADDRESS for a cluster."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def ensure_ray(address: str | None = None) -> None:
+    """Connect to the cluster at `address` / RAY_ADDRESS, or start a local Ray once per process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(
+        num_cpus=max(2, os.cpu_count() or 2),
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+
+
+def generation_actor_options(actors: int) -> dict[str, Any]:
+    """One actor per GPU when there are GPUs; otherwise CPU actors with fractional CPUs.
+
+    Fractional: two 1-CPU actors on a 2-CPU machine can hang waiting for each other's resources.
+    """
+    import ray
+
+    if ray.cluster_resources().get("GPU", 0) >= actors:
+        return {"num_gpus": 1}
+    return {"num_cpus": 0.5}
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The error a remote task or a Ray Train worker raised, out of Ray's wrappers.
+
+    `ray.get` re-raises a task's error as a RayTaskError that is also an instance of the original
+    class; Ray Train wraps a worker's error in TrainingFailedError / WorkerGroupError, whose cause
+    chain (or `worker_failures`) holds it. Unwrapped, a permanent error stays permanent.
+    """
+    seen: set[int] = set()
+    current = error
+    while id(current) not in seen:
+        seen.add(id(current))
+        failures = getattr(current, "worker_failures", None)
+        if isinstance(failures, dict) and failures:
+            current = next(iter(failures.values()))
+            continue
+        inner = getattr(current, "cause", None)
+        if isinstance(inner, BaseException):
+            current = inner
+            continue
+        if current.__cause__ is not None and type(current).__module__.startswith("ray."):
+            current = current.__cause__
+            continue
+        break
+    return current

@@ -1,0 +1,488 @@
+"""LLM backends behind one small interface: batched continuation of token-id contexts with stop strings.
+
+- TransformersBackend: batched `generate` with left padding and stop strings (CPU or GPU).
+- OpenAIBackend: any OpenAI-compatible completions endpoint (vLLM/SGLang serve, hosted APIs,
+  `autotraj serve-model`), with bounded concurrency, timeouts and retries; a request that finally
+  fails becomes an errored Generation for its context only.
+- VLLMBackend: vLLM's offline engine (GPU only, `gpu` extra). Not runnable on these machines:
+  kept thin and UNTESTED here.
+
+Contexts are token ids, not text: the engine concatenates ids turn by turn and never re-tokenizes
+joined text (BPE would merge across a tag boundary).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any, Literal, Protocol
+
+import httpx
+
+from tasks.core.hashing import stable_int
+from tasks.core.models import ModelRef
+from tools_sandbox.http_retry import post_json, retryable
+
+log = logging.getLogger(__name__)
+Finish = Literal["stop", "eos", "length", "error"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample one turn."""
+
+    max_new_tokens: int = 512
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    logprobs: bool = False
+
+
+@dataclass
+class Generation:
+    """One continuation: its ids (no EOS, no padding), text, and why it ended."""
+
+    token_ids: list[int]
+    text: str
+    finish: Finish
+    stop: str | None = None  # the stop string it ended on
+    logprobs: list[float] | None = None
+    error: str | None = None
+
+
+class LLMBackend(Protocol):
+    """What the engine needs from a model."""
+
+    name: str
+    tokenizer: Any  # a Hugging Face tokenizer: chat template, tool-segment tokenization
+
+    def generate(
+        self,
+        contexts: Sequence[list[int]],
+        stop: Sequence[str],
+        params: SamplingParams,
+        keys: Sequence[Hashable] | None = None,
+        seeds: Sequence[int] | None = None,
+    ) -> list[Generation]:
+        """Continue every context until a stop string, EOS or max_new_tokens.
+
+        `keys` name the contexts across calls (one per trajectory) for backends that can reuse work;
+        `seeds` give each context its own sampling seed (every sample of a query differs, reproducibly).
+        """
+        ...
+
+
+def load_tokenizer(path: str, local_only: bool = False) -> Any:
+    """A tokenizer that left-pads and has a pad token; a clear error when `path` names none.
+
+    `local_only`: from a directory or the Hugging Face cache only, never the network (the dry run).
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
+    except (OSError, ValueError) as exc:
+        raise FileNotFoundError(
+            f"tokenizer {path!r}: not a local tokenizer directory, nor a Hugging Face model id in the local "
+            f"cache ({type(exc).__name__}); name one with --tokenizer or <stage>.tokenizer"
+        ) from None
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def finish_generation(tokenizer: Any, ids: list[int], stop: Sequence[str], ended_by_eos: bool) -> Generation:
+    """Name why a continuation ended, from its ids (EOS already removed)."""
+    text = tokenizer.decode(ids, skip_special_tokens=False)
+    hits = [(text.find(s), s) for s in stop if s in text]
+    if hits:
+        _, matched = min(hits)
+        return Generation(ids, text, "stop", matched)
+    return Generation(ids, text, "eos" if ended_by_eos else "length")
+
+
+class TransformersBackend:
+    """Hugging Face transformers: one batched `generate` per call, left padding, stop strings."""
+
+    def __init__(self, model_path: str, batch_size: int = 64, device: str | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
+        self._attach(model, load_tokenizer(model_path), model_path, batch_size)
+
+    @classmethod
+    def wrap(cls, model: Any, tokenizer: Any, name: str, batch_size: int = 64) -> TransformersBackend:
+        """A backend over a model already in memory (GRPO generates with the policy it is training)."""
+        backend = cls.__new__(cls)
+        backend._attach(model, tokenizer, name, batch_size)
+        return backend
+
+    def _attach(self, model: Any, tokenizer: Any, name: str, batch_size: int) -> None:
+        self.name = name
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = model.device
+        self.batch_size = batch_size
+        self._kept: dict[Hashable, tuple[_KeptBatch, int]] = {}
+        self.continued_rows = 0  # contexts that went on from a kept KV cache
+
+    def _single_token(self, text: str) -> int | None:
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        return ids[0] if len(ids) == 1 else None
+
+    def generate(
+        self,
+        contexts: Sequence[list[int]],
+        stop: Sequence[str],
+        params: SamplingParams,
+        keys: Sequence[Hashable] | None = None,
+        seeds: Sequence[int] | None = None,
+    ) -> list[Generation]:
+        """Continue the contexts in batches of `batch_size`.
+
+        With `keys` (one per context, stable across calls: the engine passes its trajectories), a
+        context that extends what the last call generated under the same key continues from that
+        batch's KV cache, so a turn re-encodes only the tool result instead of the whole context.
+        One batch samples from one torch generator, seeded from its rows' `seeds` (rows of a batch
+        still differ: each draws its own tokens).
+        """
+        previous, self._kept = self._kept, {}
+        results: list[Generation | None] = [None] * len(contexts)
+        fresh: list[int] = []
+        continuing: dict[int, list[tuple[int, int]]] = {}  # kept batch -> (context index, row)
+        for index, context in enumerate(contexts):
+            kept = previous.get(keys[index]) if keys is not None else None
+            if kept is not None:
+                batch, row = kept
+                known = batch.tokens[row]
+                if len(context) > len(known) and context[: len(known)] == known:
+                    continuing.setdefault(id(batch), []).append((index, row))
+                    continue
+            fresh.append(index)
+        batches = {id(batch): batch for batch, _ in previous.values()}
+        for batch_id, members in continuing.items():
+            indices = [index for index, _ in members]
+            self.continued_rows += len(indices)
+            inputs = batches[batch_id].extend([row for _, row in members], [contexts[i] for i in indices], self)
+            for index, generation in zip(
+                indices,
+                self._run(inputs, [contexts[i] for i in indices], stop, _seeded(params, seeds, indices),
+                          keys and [keys[i] for i in indices]),
+                strict=True,
+            ):
+                results[index] = generation
+        for start in range(0, len(fresh), self.batch_size):
+            indices = fresh[start : start + self.batch_size]
+            chunk = [contexts[i] for i in indices]
+            for index, generation in zip(
+                indices,
+                self._run(self._left_padded(chunk), chunk, stop, _seeded(params, seeds, indices),
+                          keys and [keys[i] for i in indices]),
+                strict=True,
+            ):
+                results[index] = generation
+        return [generation for generation in results if generation is not None]
+
+    def forget(self) -> None:
+        """Drop the kept KV caches (the engine calls this when its trajectories are done)."""
+        self._kept = {}
+
+    def _left_padded(self, contexts: Sequence[list[int]]) -> tuple[Any, Any, Any]:
+        import torch
+
+        width = max(len(ids) for ids in contexts)
+        input_ids = torch.full((len(contexts), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(contexts), width), dtype=torch.long)
+        for row, ids in enumerate(contexts):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention[row, width - len(ids) :] = 1
+        return input_ids.to(self.device), attention.to(self.device), None
+
+    def _run(
+        self,
+        inputs: tuple[Any, Any, Any],
+        contexts: Sequence[list[int]],
+        stop: Sequence[str],
+        params: SamplingParams,
+        keys: Sequence[Hashable] | None,
+    ) -> list[Generation]:
+        """One generate call over a prepared batch (ids, mask, cache or None); keep its cache by key."""
+        import torch
+
+        input_ids, attention, cache = inputs
+        width = input_ids.shape[1]
+        pad = self.tokenizer.pad_token_id
+        eos = self.tokenizer.eos_token_id
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+        # Stop strings that are single tokens (the bootstrap tokenizer's tags) stop on token ids, which
+        # is much cheaper per step than matching strings; anything else goes through stop_strings.
+        stop_ids = [self._single_token(s) for s in stop]
+        by_id = all(token is not None for token in stop_ids)
+        stopping = (
+            {"eos_token_id": [eos, *stop_ids]} if by_id else {"eos_token_id": eos, "stop_strings": list(stop) or None}
+        )
+        with torch.inference_mode():
+            output = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                past_key_values=cache,
+                max_new_tokens=params.max_new_tokens,
+                tokenizer=self.tokenizer,
+                pad_token_id=pad,
+                **stopping,
+                return_dict_in_generate=True,
+                output_logits=params.logprobs,
+                **(sampling if params.temperature > 0 else {"do_sample": False}),
+            )
+        new_tokens = output.sequences[:, width:].tolist()
+        stop_set = {token for token in stop_ids if token is not None} if by_id else set()
+        results = []
+        for row, ids in enumerate(new_tokens):
+            ended_by_eos = eos in ids
+            ids = ids[: ids.index(eos)] if ended_by_eos else ids
+            cut = next((position for position, token in enumerate(ids) if token in stop_set), None)
+            if cut is not None:  # keep the stop token itself; what follows is padding
+                ids, ended_by_eos = ids[: cut + 1], False
+            while ids and ids[-1] == pad and not ended_by_eos and pad != eos:
+                ids = ids[:-1]  # a row that stopped early is padded to the batch's length
+            generation = finish_generation(self.tokenizer, ids, stop, ended_by_eos)
+            if params.logprobs:
+                logits = torch.stack([step[row] for step in output.logits[: len(ids)]]).float()
+                chosen = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(ids).unsqueeze(1))
+                generation.logprobs = chosen.squeeze(1).tolist()
+            results.append(generation)
+        kept_cache = output.past_key_values
+        if keys is not None and kept_cache is not None and kept_cache.get_seq_length() == output.sequences.shape[1] - 1:
+            generated_mask = torch.zeros_like(output.sequences[:, width:])
+            for row, generation in enumerate(results):
+                generated_mask[row, : len(generation.token_ids)] = 1
+            batch = _KeptBatch(
+                output.sequences,
+                torch.cat([attention, generated_mask], dim=1),
+                kept_cache,
+                [list(context) + generation.token_ids for context, generation in zip(contexts, results, strict=True)],
+            )
+            self._kept.update((key, (batch, row)) for row, key in enumerate(keys))
+        return results
+
+
+@dataclass
+class _KeptBatch:
+    """A finished batch's token layout and KV cache, kept so its rows' next turn re-encodes only what is new."""
+
+    sequences: Any  # (rows, width): left pads, context, generated ids, trailing pads
+    mask: Any  # 1 on real tokens, 0 on every pad
+    cache: Any  # the KV cache over every column but the last
+    tokens: list[list[int]]  # each row's real tokens: its context and the ids it kept
+
+    def extend(
+        self, rows: list[int], contexts: Sequence[list[int]], backend: TransformersBackend
+    ) -> tuple[Any, Any, Any]:
+        """Inputs that continue `rows` with their new tokens (left-padded after the kept layout) and the cache."""
+        import torch
+
+        index = torch.tensor(rows, device=self.sequences.device)
+        self.cache.batch_select_indices(index)
+        suffixes = [context[len(self.tokens[row]) :] for row, context in zip(rows, contexts, strict=True)]
+        width = max(len(suffix) for suffix in suffixes)
+        extra = torch.full((len(rows), width), backend.tokenizer.pad_token_id, dtype=torch.long)
+        extra_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, suffix in enumerate(suffixes):
+            extra[row, width - len(suffix) :] = torch.tensor(suffix)
+            extra_mask[row, width - len(suffix) :] = 1
+        device = self.sequences.device
+        input_ids = torch.cat([self.sequences[index], extra.to(device)], dim=1)
+        attention = torch.cat([self.mask[index], extra_mask.to(device)], dim=1)
+        return input_ids, attention, self.cache
+
+
+def _auth_headers(api_key: str | None = None) -> dict[str, str]:
+    key = api_key or os.environ.get("OPENAI_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def probe_served(model: ModelRef, timeout_s: float = 3.0) -> str | None:
+    """Why a served model cannot be used right now (its server does not answer, or does not serve that
+    name), or None when GET /v1/models lists it. Loads nothing."""
+    url = f"{model.url}/models"
+    try:
+        response = httpx.get(url, timeout=timeout_s, headers=_auth_headers())
+        response.raise_for_status()
+        served = [entry.get("id") for entry in response.json().get("data", [])]
+    except (httpx.HTTPError, ValueError, AttributeError) as exc:
+        detail = f"HTTP {exc.response.status_code}" if isinstance(exc, httpx.HTTPStatusError) else type(exc).__name__
+        return f"served model {model.location}: {url} does not answer ({detail})"
+    if model.served_name not in served:
+        return f"served model {model.location}: the server at {model.url} serves {served}, not {model.served_name!r}"
+    return None
+
+
+class OpenAIBackend:
+    """An OpenAI-compatible /v1/completions server, one request per context, `concurrency` in flight."""
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        tokenizer_path: str,
+        concurrency: int = 16,
+        timeout_s: float = 300.0,
+        attempts: int = 4,
+        api_key: str | None = None,
+    ):
+        self.name = model
+        self.url = url.rstrip("/") + ("" if url.rstrip("/").endswith("/v1") else "/v1") + "/completions"
+        self.tokenizer = load_tokenizer(tokenizer_path)
+        self.concurrency = concurrency
+        self.attempts = attempts
+        self.client = httpx.Client(timeout=httpx.Timeout(timeout_s), headers=_auth_headers(api_key))
+        self.failed_requests = 0
+
+    def generate(
+        self,
+        contexts: Sequence[list[int]],
+        stop: Sequence[str],
+        params: SamplingParams,
+        keys: Sequence[Hashable] | None = None,
+        seeds: Sequence[int] | None = None,
+    ) -> list[Generation]:
+        """One request per context, each with its own seed; a request that fails after its retries
+        errors only its context.
+
+        `keys` are not needed: servers such as vLLM and SGLang cache shared prefixes themselves.
+        """
+        requests = [_seeded(params, seeds, [index]) for index in range(len(contexts))]
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(lambda ids, p: self._complete(ids, stop, p), contexts, requests))
+
+    def _complete(self, ids: list[int], stop: Sequence[str], params: SamplingParams) -> Generation:
+        body: dict[str, Any] = {
+            "model": self.name,
+            "prompt": ids,
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "stop": list(stop),
+            "include_stop_str_in_output": True,  # vLLM; others drop the stop string and name it in stop_reason
+            "return_token_ids": True,
+        }
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if params.logprobs:
+            body["logprobs"] = 1
+        try:
+            response = post_json(self.client, self.url, body, self.attempts, backoff_s=0.5, max_wait_s=8.0)
+            choice = response.json()["choices"][0]
+        except (httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
+            self.failed_requests += 1
+            if isinstance(exc, httpx.HTTPStatusError):
+                detail = f"HTTP {exc.response.status_code}: {exc.response.text[:300]}"
+            else:
+                detail = repr(exc)
+            tries = f"after {self.attempts} attempts" if retryable(exc) else "not retried"
+            log.warning("completion request to %s failed (%s): %s", self.url, tries, detail)
+            return Generation([], "", "error", error=f"{self.url}: {detail} ({tries})")
+        return self._parse_choice(choice, stop)
+
+    def _parse_choice(self, choice: dict[str, Any], stop: Sequence[str]) -> Generation:
+        text = choice.get("text", "")
+        stop_reason = choice.get("stop_reason")
+        if isinstance(stop_reason, str) and stop_reason in stop and not text.endswith(stop_reason):
+            text += stop_reason  # servers that drop the matched stop string
+        token_ids = choice.get("token_ids") or self.tokenizer.encode(text, add_special_tokens=False)
+        logprobs = (choice.get("logprobs") or {}).get("token_logprobs")
+        if choice.get("finish_reason") == "length":
+            return Generation(token_ids, text, "length", logprobs=logprobs)
+        generation = finish_generation(self.tokenizer, token_ids, stop, ended_by_eos=True)
+        generation.text, generation.logprobs = text, logprobs
+        return generation
+
+
+class VLLMBackend:
+    """vLLM's offline engine. UNTESTED here (no GPU on these machines); needs the `gpu` extra."""
+
+    def __init__(self, model_path: str, **engine_args: Any):
+        from vllm import LLM  # lazy: the CPU install has no vllm
+
+        self.name = model_path
+        self.tokenizer = load_tokenizer(model_path)
+        self.llm = LLM(model=model_path, **engine_args)
+
+    @classmethod
+    def wrap(cls, llm: Any, tokenizer: Any, name: str) -> VLLMBackend:
+        """A backend over a running vLLM engine (GRPO's colocated engine, which TRL keeps in sync)."""
+        backend = cls.__new__(cls)
+        backend.name, backend.tokenizer, backend.llm = name, tokenizer, llm
+        return backend
+
+    def generate(
+        self,
+        contexts: Sequence[list[int]],
+        stop: Sequence[str],
+        params: SamplingParams,
+        keys: Sequence[Hashable] | None = None,
+        seeds: Sequence[int] | None = None,
+    ) -> list[Generation]:
+        """One engine call for the whole batch, a seed per context (vLLM's prefix cache makes `keys`
+        unnecessary)."""
+        from vllm import SamplingParams as VLLMSampling
+        from vllm.inputs import TokensPrompt
+
+        sampling = [
+            VLLMSampling(
+                max_tokens=params.max_new_tokens,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                seed=_seeded(params, seeds, [index]).seed,
+                stop=list(stop),
+                include_stop_str_in_output=True,
+                logprobs=0 if params.logprobs else None,
+            )
+            for index in range(len(contexts))
+        ]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in contexts], sampling)
+        results = []
+        for output in outputs:
+            completion = output.outputs[0]
+            ids = [i for i in completion.token_ids if i != self.tokenizer.eos_token_id]
+            generation = finish_generation(self.tokenizer, ids, stop, completion.finish_reason == "stop")
+            if completion.finish_reason == "length":
+                generation.finish = "length"
+            if params.logprobs and completion.logprobs:
+                generation.logprobs = [step[i].logprob for step, i in zip(completion.logprobs, ids, strict=False)]
+            results.append(generation)
+        return results
+
+
+def _seeded(params: SamplingParams, seeds: Sequence[int] | None, indices: Sequence[int]) -> SamplingParams:
+    """`params` with the seed of these contexts: one context's own seed, or one derived from a batch's."""
+    if seeds is None:
+        return params
+    seed = seeds[indices[0]] if len(indices) == 1 else stable_int(*[seeds[i] for i in indices])
+    return replace(params, seed=seed)
+
+
+def open_backend(model: ModelRef, batch_size: int = 64) -> LLMBackend:
+    """The backend for a resolved model reference: a served model over HTTP, or a local one.
+
+    `batch_size` is the contexts per generate call for a local model, the requests in flight for a
+    served one.
+    """
+    if model.kind == "served":
+        return OpenAIBackend(model.url or "", model.served_name or "", model.tokenizer or "", concurrency=batch_size)
+    if model.path is None:
+        raise ValueError(f"model {model.reference!r} cannot generate: it is not a local or served model")
+    if model.backend == "vllm":
+        return VLLMBackend(model.path)
+    if model.backend == "transformers":
+        return TransformersBackend(model.path, batch_size=batch_size)
+    raise ValueError(f"unknown backend {model.backend!r} for {model.reference!r}; choose transformers or vllm")

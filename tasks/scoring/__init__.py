@@ -1,0 +1,1 @@
+"""Where a trajectory is judged: answer verification and the paper's quality scores and labels."""
