@@ -22,9 +22,8 @@ from flows.pipeline import STEPS, Out, Source, Step, default_name, resolve_sourc
 from flows.stage import STAGES
 from schemas.config import ConfigError, PipelineConfig, load_config
 from schemas.lake import Lake, LakeError
-from tasks.core.models import ModelRef, resolve_model
-from tasks.core.prompts import config_value
-from tasks.core.stage import StageSpec, input_reference, model_reference, resolve_options
+from tasks.core.models import ModelRef
+from tasks.core.stage import StageSpec, input_reference, model_reference, resolve_options, resolve_reference
 
 GENERATING = ("rollout", "repair", "grpo", "evaluate")  # stages that run the model's tools
 PENDING = "← "  # how the plan names an output an earlier step makes
@@ -137,14 +136,12 @@ def _models(spec: StageSpec, step: Step, config: PipelineConfig, lake: Lake | No
         if value is None:
             shown.append(f"{model.name}: none")
             continue
-        backend = config_value(config, model.backend) if model.backend else "transformers"
         for reference in value if isinstance(value, list) else [value]:
             if reference.startswith(PENDING):
                 shown.append(f"{model.name}: {reference}")
                 continue
             try:
-                ref = resolve_model(reference, data_dir=config.runtime.data_dir, lake=lake, backend=backend,
-                                    tokenizer=tokenizer, allow_endpoint=model.endpoint_ok)  # fmt: skip
+                ref = resolve_reference(spec, model, config, lake, reference, tokenizer)
             except (FileNotFoundError, ValueError) as exc:
                 plan.error(f"{step.key}: {exc}")
                 shown.append(f"{model.name}: {reference} ✗")

@@ -108,7 +108,7 @@ def transient_failure(_task: Any, _task_run: Any, state: Any) -> bool:
 def _task_body(key: str, context: StageContext) -> dict[str, str]:
     """The stage's work as a Prefect task: progress to the run's log, metrics to an artifact."""
     spec = STAGES[context.stage]
-    context.progress = log_progress(spec.name)
+    context.progress = log_progress(spec.name, counted_by_info=spec.kind == "data")
     with _gpu_slot(spec, context.config):
         result = execute(spec, context)
     publish(spec, context, result)
@@ -155,17 +155,19 @@ def _gpu_slot(spec: StageSpec, config: PipelineConfig) -> contextlib.AbstractCon
     return concurrency("gpu", occupy=config.runtime.train_gpus)
 
 
-def log_progress(label: str) -> Callable[..., None]:
-    """A progress callback that logs to the flow run about every 10 %."""
+def log_progress(label: str, counted_by_info: bool = True) -> Callable[..., None]:
+    """A progress callback that logs to the flow run about every 10 %, per counted thing when
+    `counted_by_info` (a data stage's info names what it counts; a training stage's is its loss)."""
     from prefect import get_run_logger
 
     logger = get_run_logger()
     last: dict[str, int] = {}
 
     def report(done: int, total: int, info: str = "") -> None:
+        key = info if counted_by_info else ""
         tenth = done * 10 // max(1, total)
-        if done == total or tenth > last.get(info, -1):
-            last[info] = tenth
+        if tenth > last.get(key, -1):
+            last[key] = tenth
             logger.info("%s: %d/%d %s", label, done, total, info)
 
     return report

@@ -37,11 +37,18 @@ def test_every_stage_command_has_exactly_its_specs_options() -> None:
         assert command.help.startswith(spec.description.rstrip(".")), name
 
 
-def test_deployments_and_pipeline_steps_use_declared_stages() -> None:
+def test_deployments_and_pipeline_steps_use_declared_stages(monkeypatch) -> None:
+    from prefect.utilities.callables import parameter_schema_from_entrypoint
+
+    monkeypatch.chdir(PROJECT_ROOT)
     deployments = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"]
     entrypoints = {deployment["entrypoint"] for deployment in deployments}
     for name, flow in STAGE_FLOWS.items():
-        assert f"flows/{flow.fn.__module__.split('.')[-1]}.py:{flow.fn.__name__}" in entrypoints, name
+        entrypoint = f"flows/{flow.fn.__module__.split('.')[-1]}.py:{flow.fn.__name__}"
+        assert entrypoint in entrypoints, name
+        # `prefect deploy` reads a flow's parameters from its source: they are the spec's too.
+        schema = parameter_schema_from_entrypoint(entrypoint)
+        assert set(schema.properties) == {*STAGES[name].parameters(), *REQUEST_EXTRAS}, name
     for step in STEPS:
         spec = STAGES[step.stage]
         assert set(step.arguments) <= {*spec.parameters(), "name"}, step.key

@@ -220,6 +220,19 @@ def input_reference(item: Input, config: PipelineConfig, requested: Any) -> Any:
     return requested
 
 
+def resolve_reference(
+    spec: StageSpec, model: Model, config: PipelineConfig, lake: Lake | None, reference: str, tokenizer: str | None
+) -> ModelRef:
+    """One reference of a model parameter, resolved with the parameter's backend and checked against its needs."""
+    backend = config_value(config, model.backend) if model.backend else "transformers"
+    ref = resolve_model(reference, data_dir=config.runtime.data_dir, lake=lake, backend=backend, tokenizer=tokenizer,
+                        allow_endpoint=model.endpoint_ok)  # fmt: skip
+    if model.local and not ref.local:
+        raise ModelReferenceError(f"{spec.name} {model.name} {reference!r}: a model to train must be local "
+                                  "(a role, a registered model or a path), not a server")  # fmt: skip
+    return ref
+
+
 def resolve_models(
     spec: StageSpec, config: PipelineConfig, lake: Lake | None, requested: Mapping[str, Any], tokenizer: str | None
 ) -> dict[str, Any]:
@@ -232,19 +245,9 @@ def resolve_models(
                 raise ValueError(f"{spec.name} needs --{model.name.replace('_', '-')} (a model reference)")
             resolved[model.name] = None
             continue
-        backend = config_value(config, model.backend) if model.backend else "transformers"
-
-        def one(reference: str, backend: str = backend, model: Model = model) -> ModelRef:
-            ref = resolve_model(
-                reference, data_dir=config.runtime.data_dir, lake=lake, backend=backend,
-                tokenizer=tokenizer, allow_endpoint=model.endpoint_ok,
-            )  # fmt: skip
-            if model.local and not ref.local:
-                raise ModelReferenceError(f"{spec.name} {model.name} {reference!r}: a model to train must be local "
-                                          "(a role, a registered model or a path), not a server")  # fmt: skip
-            return ref
-
-        resolved[model.name] = [one(ref) for ref in _as_list(value)] if model.many else one(value)
+        references = _as_list(value) if model.many else [value]
+        refs = [resolve_reference(spec, model, config, lake, ref, tokenizer) for ref in references]
+        resolved[model.name] = refs if model.many else refs[0]
     return resolved
 
 
@@ -290,13 +293,12 @@ def prepare(
     output = name or spec.default_name.format(input=dataset)
     if not DATASET_NAME.match(output):
         raise ValueError(f"output name {output!r} must match {DATASET_NAME.pattern}")
-    print_ = fingerprint(spec, config, resolved_models, resolved_options)
+    stage_fingerprint = fingerprint(spec, config, resolved_models, resolved_options)
     input_versions = [v for value in resolved_inputs.values() for v in _versions(value)]
     input_versions += [v for value in resolved_models.values() for v in _versions(value)]
-    lineage = Lineage(spec.name, config_hash=config_hash(print_), input_versions=tuple(input_versions))
-    return StageContext(
-        spec.name, config, resolved_inputs, resolved_models, resolved_options, output, print_, lineage, progress
-    )
+    lineage = Lineage(spec.name, config_hash=config_hash(stage_fingerprint), input_versions=tuple(input_versions))
+    return StageContext(spec.name, config, resolved_inputs, resolved_models, resolved_options, output,
+                        stage_fingerprint, lineage, progress)  # fmt: skip
 
 
 def cache_key(context: StageContext) -> str:
