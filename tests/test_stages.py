@@ -52,3 +52,5 @@ def test_deployments_and_pipeline_steps_use_declared_stages(monkeypatch) -> None
     for step in STEPS:
         spec = STAGES[step.stage]
         assert set(step.arguments) <= {*spec.parameters(), "name"}, step.key
+    for spec in STAGES.values():  # a stage reads the tables of its inputs and writes something
+        assert {item.table for item in spec.inputs} <= set(spec.reads) and spec.writes, spec.name

@@ -29,7 +29,7 @@ def run(context: StageContext) -> StageResult:
         progress=None if progress is None else lambda done, total: progress(done, total, "trajectories"),
     )
     metrics = {"trajectories": report.trajectories, "generated": report.generated, "errors": report.errors,
-               "finish_reasons": report.finish_reasons}  # fmt: skip
+               "shards_committed": report.shards_committed, "finish_reasons": report.finish_reasons}  # fmt: skip
     summary = SummaryTable(
         f"{report.trajectories} trajectories ({report.generated} generated now)",
         ("finish reason", "trajectories"),
