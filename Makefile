@@ -11,6 +11,11 @@ $(STAMP): pyproject.toml
 	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		{ apt-get install -y -qq bubblewrap >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq bubblewrap; }; }; } || \
 		echo "note: bubblewrap not installed (apt-get install bubblewrap): the Python sandbox will use its standard tier"
+	@# PostgreSQL (Debian's package) for the tests of the lake on a Postgres catalog, as clusters run it.
+	@{ command -v initdb || ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+		command -v apt-get >/dev/null && { apt-get install -y -qq postgresql >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get install -y -qq postgresql; }; }; } || \
+		echo "note: PostgreSQL not installed (apt-get install postgresql): the Postgres catalog tests will fail"
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	@$(VENV)/bin/python -c 'import sys; assert sys.version_info[:2] == (3, 11), "AutoTraj needs Python 3.11, got " + sys.version'
 	$(VENV)/bin/pip install --quiet --upgrade pip

@@ -219,6 +219,9 @@ class RuntimeConfig(Section):
         None, description="None = SQLite catalog in the data dir; 'postgres:dbname=… host=…' for clusters"
     )
     lake_data_path: str | None = Field(None, description="None = <data_dir>/lake/data")
+    lake_retention_hours: float = Field(
+        168.0, gt=0.0, description="`autotraj lake gc` keeps snapshots and unreferenced files younger than this"
+    )
     stage_retries: int = Field(2, ge=0, description="Prefect retries of a stage task after a transient error")
     stage_retry_delay_s: float = Field(10.0, ge=0.0, description="seconds between a stage's retries")
     train_dispatch: Literal["ray", "local"] = Field(

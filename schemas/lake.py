@@ -2,9 +2,13 @@
 
 A dataset version is an immutable set of rows of one table, named `table/dataset@N` and tagged with
 that id in the `version_id` column. Its rows and its `runs` row are committed in one DuckLake
-transaction, so a failed or killed write leaves no visible trace. Writers on one host serialise on a
-file lock next to the catalog (two DuckLake commits against one SQLite catalog otherwise fail with
-"database is locked"); transient catalog errors are retried.
+transaction, so a failed or killed write leaves no visible trace. Version numbers are allocated
+inside that transaction, and every write also replaces the one row of the `write_clock` table, so
+two concurrent writers (any processes, any hosts sharing the catalog) conflict and the loser starts
+again: numbers are unique, and a write that builds on a version it read (`expect=`) is refused when
+that version is no longer the latest. Writers on one host also wait on a file lock next to the
+catalog, which spares them the races. The catalog layer (extensions, attach, tables, views, which
+errors are transient) is schemas/catalog.py.
 """
 
 from __future__ import annotations
@@ -26,18 +30,23 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from schemas.catalog import (
+    CLOCK_TABLE,
+    LakeError,
+    attach,
+    create_tables,
+    create_views,
+    missing_columns,
+    retrying,
+    sql_string,
+)
 from schemas.config import PROJECT_ROOT, RuntimeConfig
 from schemas.tables import LINEAGE_TABLE, SCHEMAS, VERSION_COLUMN, VERSIONED_TABLES, payload_schema, validate
 
-DUCKDB_VERSION = "v1.5.5"
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 VERSION_REF = re.compile(r"^(?:(?P<table>[a-z_]+)/)?(?P<dataset>[A-Za-z0-9][A-Za-z0-9_.\-]*)(?:@(?P<version>\d+))?$")
-
-
-class LakeError(RuntimeError):
-    """A lake operation that cannot be carried out (unknown version, bad name, catalog trouble)."""
 
 
 @dataclass(frozen=True)
@@ -114,33 +123,26 @@ def code_version() -> str:
     return f"{base}+g{sha}"
 
 
-def _is_transient(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return isinstance(exc, duckdb.Error) and (
-        "database is locked" in text or "failed to commit ducklake transaction" in text or "conflict" in text
-    )
+ANY = "any"  # a write that builds on no particular previous version
+STALE_ATTEMPTS = 10  # how often a read-modify-write starts again when another writer got there first
 
 
-def _retrying(attempts: int) -> Retrying:
-    return Retrying(
-        retry=retry_if_exception(_is_transient),
-        stop=stop_after_attempt(attempts),
-        wait=wait_exponential(multiplier=0.05, max=2.0),
-        reraise=True,
-    )
+@dataclass
+class GarbageReport:
+    """What a garbage collection expired and deleted (or, in a dry run, would)."""
+
+    expired_snapshots: list[int]
+    old_files: list[str]  # files only expired snapshots used
+    orphan_files: list[str]  # files no snapshot references (a killed write's)
+    dry_run: bool
 
 
-def extension_file(package: str, filename: str) -> Path:
-    """Path of a DuckDB extension shipped inside a duckdb-extension-* package."""
-    module = __import__(package)
-    path = Path(module.__file__).parent / "extensions" / DUCKDB_VERSION / filename
-    if not path.exists():
-        raise LakeError(f"DuckDB extension {filename} missing from the {package} package (expected {path})")
-    return path
+class ReadOnlyError(LakeError):
+    """User SQL that would change the lake or reach beyond it."""
 
 
-def _sql_string(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+class StaleVersion(LakeError):
+    """A write built on a version that is no longer the latest: recompute from the latest and write again."""
 
 
 @dataclass
@@ -148,6 +150,7 @@ class _PendingWrite:
     table: str
     dataset: str
     data: pa.Table
+    expect: str | None  # the version id it builds on (None: no version yet), or ANY
 
 
 class WriteBatch:
@@ -157,13 +160,20 @@ class WriteBatch:
         self.pending: list[_PendingWrite] = []
         self.committed: list[VersionInfo] = []
 
-    def write(self, table: str, dataset: str, data: pa.Table | Iterable[Mapping[str, Any]]) -> None:
-        """Validate rows now and stage them as the next version of `table/dataset`."""
+    def write(
+        self, table: str, dataset: str, data: pa.Table | Iterable[Mapping[str, Any]], expect: str | None = ANY
+    ) -> None:
+        """Validate rows now and stage them as the next version of `table/dataset`.
+
+        `expect`: the version id these rows build on (None: the dataset has no version yet). The
+        commit checks it inside its transaction and raises StaleVersion when another writer got there
+        first, so a read-modify-write never loses the other writer's rows.
+        """
         if table not in VERSIONED_TABLES:
             raise LakeError(f"cannot write table {table!r}; versioned tables: {', '.join(VERSIONED_TABLES)}")
         if not DATASET_NAME.match(dataset):
             raise LakeError(f"dataset name {dataset!r} must match {DATASET_NAME.pattern}")
-        self.pending.append(_PendingWrite(table, dataset, validate(table, data)))
+        self.pending.append(_PendingWrite(table, dataset, validate(table, data), expect))
 
 
 class Lake:
@@ -188,43 +198,8 @@ class Lake:
 
     # -- connections -------------------------------------------------------------------------------
 
-    def _load_extensions(self, con: duckdb.DuckDBPyConnection) -> None:
-        ducklake = extension_file("duckdb_extension_ducklake", "ducklake.duckdb_extension")
-        con.execute(f"LOAD {_sql_string(str(ducklake))}")
-        if self.catalog_url.startswith("sqlite:"):
-            package, source, name = "duckdb_extension_sqlite", "sqlite.duckdb_extension", "sqlite_scanner"
-        elif self.catalog_url.startswith("postgres:"):
-            package, source, name = (
-                "duckdb_extension_postgres_scanner",
-                "postgres_scanner.duckdb_extension",
-                "postgres_scanner",
-            )
-        else:
-            raise LakeError(f"unsupported lake catalog {self.catalog_url!r}: use sqlite:PATH or postgres:DSN")
-        # DuckDB checks that a loaded file's name matches the extension's entry point, and the
-        # packaged SQLite file is named `sqlite` while its entry point is `sqlite_scanner`.
-        link_dir = self.data_dir / "duckdb_extensions"
-        link_dir.mkdir(parents=True, exist_ok=True)
-        link = link_dir / f"{name}.duckdb_extension"
-        target = extension_file(package, source)
-        if not link.exists() or link.resolve() != target.resolve():
-            tmp = link_dir / f".{name}.{uuid.uuid4().hex}"
-            tmp.symlink_to(target)
-            tmp.replace(link)
-        con.execute(f"LOAD {_sql_string(str(link))}")
-
     def _attach(self, read_only: bool) -> duckdb.DuckDBPyConnection:
-        con = duckdb.connect(config={"allow_unsigned_extensions": "true", "autoinstall_known_extensions": "false"})
-        try:
-            self._load_extensions(con)
-            options = [f"DATA_PATH {_sql_string(str(self.data_path) + os.sep)}", "DATA_INLINING_ROW_LIMIT 0"]
-            if read_only:
-                options.append("READ_ONLY")
-            con.execute(f"ATTACH {_sql_string('ducklake:' + self.catalog_url)} AS lake ({', '.join(options)})")
-        except Exception:
-            con.close()
-            raise
-        return con
+        return attach(self.catalog_url, self.data_path, self.data_dir, read_only)
 
     @contextlib.contextmanager
     def _write_lock(self) -> Iterator[None]:
@@ -237,29 +212,35 @@ class Lake:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def initialize(self) -> None:
-        """Create the catalog and every table that does not exist yet; add columns new schemas gained."""
+        """Create the lake and every table that does not exist yet; add columns new schemas gained.
+
+        Safe when several processes (on several hosts, for a Postgres catalog) start together: a
+        creation that loses the race fails, is retried, and finds the lake the winner made.
+        """
         if self._initialized:
             return
         self.data_path.mkdir(parents=True, exist_ok=True)
-        with self._write_lock():
-            con = self._attach_retrying(read_only=False)
-            try:
-                if _missing_columns(con):
-                    con.execute("BEGIN TRANSACTION")
-                    _create_tables(con)
-                    con.execute("COMMIT")
-            finally:
-                con.close()
+        for attempt in Retrying(stop=stop_after_attempt(6), wait=wait_exponential(multiplier=0.1, max=2.0),
+                                retry=retry_if_exception_type(duckdb.Error), reraise=True):  # fmt: skip
+            with attempt, self._write_lock():
+                con = self._attach(read_only=False)  # creates an empty lake in an empty catalog
+                try:
+                    if missing_columns(con):
+                        con.execute("BEGIN TRANSACTION")
+                        create_tables(con)
+                        con.execute("COMMIT")
+                finally:
+                    con.close()
         self._initialized = True
 
+    def _sqlite_file(self) -> Path | None:
+        return Path(self.catalog_url.removeprefix("sqlite:")) if self.catalog_url.startswith("sqlite:") else None
+
     def _attach_retrying(self, read_only: bool) -> duckdb.DuckDBPyConnection:
-        for attempt in _retrying(20):
+        for attempt in retrying(20):
             with attempt:
                 return self._attach(read_only=read_only)
         raise AssertionError("unreachable: tenacity re-raises the last error")
-
-    def _catalog_exists(self) -> bool:
-        return not self.catalog_url.startswith("sqlite:") or Path(self.catalog_url.removeprefix("sqlite:")).exists()
 
     @contextlib.contextmanager
     def connect(self, read_only: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -267,19 +248,27 @@ class Lake:
 
         `<table>` shows the latest version of each dataset (with `dataset` and `version` columns),
         `<table>_all` every committed version; `runs` is the lineage catalog. Readers never take the
-        writer lock unless the catalog still lacks a table, so they run while a long write is in flight.
+        writer lock unless the lake does not exist yet or lacks a table, so they run while a long
+        write is in flight. The first command against an empty catalog creates the lake.
         """
-        if not self._initialized and not self._catalog_exists():
-            self.initialize()
+        if not self._initialized:
+            sqlite = self._sqlite_file()
+            if sqlite is not None and not sqlite.exists():
+                self.initialize()
+            else:
+                try:
+                    con = self._attach_retrying(read_only)
+                except duckdb.InvalidInputException:  # an empty catalog: no lake in it yet
+                    self.initialize()
+                else:
+                    missing = missing_columns(con)
+                    con.close()
+                    if missing:
+                        self.initialize()
+            self._initialized = True
         con = self._attach_retrying(read_only)
         try:
-            if not self._initialized:
-                if _missing_columns(con):
-                    con.close()
-                    self.initialize()
-                    con = self._attach_retrying(read_only)
-                self._initialized = True
-            _create_views(con)
+            create_views(con)
             yield con
         finally:
             con.close()
@@ -312,20 +301,27 @@ class Lake:
         """A stage's outputs (table → rows) and its metrics (`stage_reports/<dataset>`), in one commit.
 
         When every output's latest version already came from the same config, inputs and code,
-        nothing is written and those versions are returned: a re-run or a retry never duplicates rows.
+        nothing is written and those versions are returned: a re-run, a retry, or the same stage
+        committing concurrently elsewhere never duplicates rows.
         """
-        existing = {table: self.latest_matching(table, dataset, lineage) for table in outputs}
-        if all(existing.values()):
-            return existing  # type: ignore[return-value]
+        tables = {table: validate(table, rows) for table, rows in outputs.items()}
         reports = [
             {"stage": lineage.stage, "table_name": table, "metrics": json.dumps(metrics, default=str)}
             for table in outputs
         ]
-        with self.transaction(lineage) as batch:
-            for table, rows in outputs.items():
-                batch.write(table, dataset, rows)
-            batch.write("stage_reports", dataset, reports)
-        return {info.table_name: info for info in batch.committed if info.table_name in outputs}
+        for _ in range(STALE_ATTEMPTS):
+            latest = {table: next(iter(self.versions(table, dataset)[-1:]), None) for table in tables}
+            if all(info is not None and _same_lineage(info, lineage) for info in latest.values()):
+                return latest  # type: ignore[return-value]
+            try:
+                with self.transaction(lineage) as batch:
+                    for table, data in tables.items():
+                        batch.write(table, dataset, data, expect=latest[table].version_id if latest[table] else None)
+                    batch.write("stage_reports", dataset, reports)
+            except StaleVersion:
+                continue  # another writer committed this dataset meanwhile: look again
+            return {info.table_name: info for info in batch.committed if info.table_name in tables}
+        raise LakeError(f"{dataset}: its versions kept changing under {STALE_ATTEMPTS} attempts to commit")
 
     def stage_metrics(self, info: VersionInfo) -> dict[str, Any]:
         """The metrics a stage stored with one of its output versions (empty when none)."""
@@ -346,7 +342,7 @@ class Lake:
         self.initialize()
         flow_run_id = lineage.prefect_flow_run_id or current_flow_run_id()
         with self._write_lock():
-            for attempt in _retrying(8):
+            for attempt in retrying(8):
                 with attempt:
                     con = self._attach_retrying(read_only=False)
                     try:
@@ -361,6 +357,11 @@ class Lake:
     ) -> list[VersionInfo]:
         con.execute("BEGIN TRANSACTION")
         try:
+            # Every write deletes and reinserts the clock's one row: two concurrent writes, from any process
+            # or host, then delete from the same data file, which DuckLake refuses to commit twice. The
+            # loser retries from the start, so version numbers read below are never stale at commit.
+            con.execute(f"DELETE FROM lake.{CLOCK_TABLE}")
+            con.execute(f"INSERT INTO lake.{CLOCK_TABLE} VALUES (?)", [uuid.uuid4().hex])
             infos = []
             next_version: dict[tuple[str, str], int] = {}
             for write in writes:
@@ -371,13 +372,16 @@ class Lake:
                         list(key),
                     ).fetchone()
                     next_version[key] = latest
+                    current = version_id_for(write.table, write.dataset, latest) if latest else None
+                    if write.expect != ANY and write.expect != current:
+                        raise StaleVersion(f"{write.table}/{write.dataset} is at {current}, not {write.expect}")
                 next_version[key] += 1
                 number = next_version[key]
                 version_id = version_id_for(write.table, write.dataset, number)
                 con.register("_batch", write.data)
                 con.execute(
                     f"INSERT INTO lake.{write.table} BY NAME "
-                    f"SELECT {_sql_string(version_id)} AS {VERSION_COLUMN}, * FROM _batch"
+                    f"SELECT {sql_string(version_id)} AS {VERSION_COLUMN}, * FROM _batch"
                 )
                 con.unregister("_batch")
                 info = VersionInfo(
@@ -429,15 +433,7 @@ class Lake:
         adds no version and no row. Another code version counts as another config.
         """
         versions = self.versions(table, dataset)
-        if not versions:
-            return None
-        latest = versions[-1]
-        same = (latest.config_hash, latest.input_versions, latest.code_version) == (
-            lineage.config_hash,
-            tuple(lineage.input_versions),
-            code_version(),
-        )
-        return latest if same else None
+        return versions[-1] if versions and _same_lineage(versions[-1], lineage) else None
 
     def resolve(self, ref: str, table: str | None = None) -> VersionInfo:
         """Find a version from `table/dataset@N`, `table/dataset` (latest) or, given a table, `dataset[@N]`."""
@@ -476,65 +472,53 @@ class Lake:
             raise LakeError(f"run {run_id!r} wrote no versions")
         return {info.version_id: self.read(info) for info in infos}
 
-    def sql(self, query: str, params: list[Any] | None = None) -> pa.Table:
-        """Run SQL against the lake's views (read only) and return an Arrow table."""
-        return self._query(query, params or [])
+    # -- maintenance -------------------------------------------------------------------------------
 
-    def _query(self, query: str, params: list[Any]) -> pa.Table:
-        for attempt in _retrying(20):
+    def gc(self, older_than_hours: float, dry_run: bool = False) -> GarbageReport:
+        """Expire snapshots older than the retention, then delete the data files only they used and the
+        files no snapshot ever committed (a killed write's), older than the retention too, so a write
+        in flight keeps its files. A file a live version reads is never touched: versions are rows of
+        the current snapshot, which is never expired."""
+        age = f"now() - INTERVAL '{float(older_than_hours)} hours'"
+        run = f"dry_run => {'true' if dry_run else 'false'}, older_than => {age}"
+        with self._write_lock(), self.connect(read_only=False) as con:
+            expired = con.execute(f"SELECT snapshot_id FROM ducklake_expire_snapshots('lake', {run})").fetchall()
+            # A dry run expires nothing, so the files that expiry would free are not yet scheduled.
+            old = con.execute(f"SELECT path FROM ducklake_cleanup_old_files('lake', {run})").fetchall()
+            orphans = con.execute(f"SELECT path FROM ducklake_delete_orphaned_files('lake', {run})").fetchall()
+        return GarbageReport([row[0] for row in expired], [row[0] for row in old], [row[0] for row in orphans],
+                             dry_run)  # fmt: skip
+
+    def sql(self, query: str, params: list[Any] | None = None) -> pa.Table:
+        """Run SQL against the lake's views, read only, and return an Arrow table.
+
+        Only SELECT statements run (DuckDB's own parser says which statements a text holds), on a
+        connection that can read no file outside the lake's data path and whose settings are locked:
+        no ATTACH, COPY, LOAD/INSTALL, SET or CALL, and no table function reading host files.
+        """
+        refused = sorted({s.type.name for s in duckdb.extract_statements(query)} - {"SELECT"})
+        if refused:
+            raise ReadOnlyError(f"the lake's SQL is read only: {', '.join(refused)} statements are refused "
+                                "(only SELECT runs)")  # fmt: skip
+        return self._query(query, params or [], confined=True)
+
+    def _query(self, query: str, params: list[Any], confined: bool = False) -> pa.Table:
+        for attempt in retrying(20):
             with attempt, self.connect(read_only=True) as con:
+                if confined:
+                    con.execute("SET allowed_directories = ?", [[str(self.data_path) + os.sep]])
+                    con.execute("SET enable_external_access = false")
+                    con.execute("SET lock_configuration = true")
                 return con.execute(query, params).to_arrow_table()
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
 
-def _lake_columns(con: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
-    existing: dict[str, set[str]] = {}
-    for table, column in con.execute(
-        "SELECT table_name, column_name FROM duckdb_columns() WHERE database_name = 'lake'"
-    ).fetchall():
-        existing.setdefault(table, set()).add(column)
-    return existing
-
-
-def _missing_columns(con: duckdb.DuckDBPyConnection) -> bool:
-    existing = _lake_columns(con)
-    return any(not set(schema.names) <= existing.get(table, set()) for table, schema in SCHEMAS.items())
-
-
-def _create_tables(con: duckdb.DuckDBPyConnection) -> None:
-    """Create missing tables and add columns that newer schemas gained (DuckLake supports ADD COLUMN)."""
-    existing = _lake_columns(con)
-    for table, schema in SCHEMAS.items():
-        if table not in existing:
-            con.register("_empty", schema.empty_table())
-            con.execute(f"CREATE TABLE lake.{table} AS SELECT * FROM _empty")
-            con.unregister("_empty")
-            continue
-        for column in schema:
-            if column.name not in existing[table]:
-                con.execute(f"ALTER TABLE lake.{table} ADD COLUMN {column.name} {_duckdb_type(con, column)}")
-
-
-def _duckdb_type(con: duckdb.DuckDBPyConnection, column: pa.Field) -> str:
-    con.register("_probe", pa.schema([column]).empty_table())
-    try:
-        (type_name,) = [row[1] for row in con.execute("DESCRIBE _probe").fetchall()]
-    finally:
-        con.unregister("_probe")
-    return type_name
-
-
-def _create_views(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(
-        "CREATE OR REPLACE TEMP VIEW latest_versions AS SELECT * FROM lake.runs "
-        "QUALIFY row_number() OVER (PARTITION BY table_name, dataset ORDER BY version DESC) = 1"
+def _same_lineage(info: VersionInfo, lineage: Lineage) -> bool:
+    """Whether a version came from the same config, inputs and code as `lineage`."""
+    return (info.config_hash, info.input_versions, info.code_version) == (
+        lineage.config_hash,
+        tuple(lineage.input_versions),
+        code_version(),
     )
-    con.execute("CREATE OR REPLACE TEMP VIEW runs AS SELECT * FROM lake.runs")
-    for table in VERSIONED_TABLES:
-        for view, source in ((table, "latest_versions"), (f"{table}_all", "lake.runs")):
-            con.execute(
-                f"CREATE OR REPLACE TEMP VIEW {view} AS "
-                f"SELECT d.*, v.dataset, v.version FROM lake.{table} d "
-                f"JOIN (SELECT version_id, dataset, version FROM {source} WHERE table_name = '{table}') v "
-                f"USING ({VERSION_COLUMN})"
-            )
+
+

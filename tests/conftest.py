@@ -116,3 +116,46 @@ def local_ray():
     ensure_ray()
     yield ray
     ray.shutdown()
+
+
+def _postgres_binary(name: str) -> str:
+    """A PostgreSQL server binary: on PATH, or in Debian's /usr/lib/postgresql/<version>/bin."""
+    import glob
+    import shutil
+
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
+    if found is None:
+        pytest.fail(f"PostgreSQL's {name} is not installed (`make test` installs Debian's postgresql package)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A private PostgreSQL server on a free 127.0.0.1 port for this session; call it with a database
+    name to create that database and get its lake catalog URL."""
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="autotraj-pg-"))
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # initdb refuses root
+    if as_postgres:
+        shutil.chown(root, "postgres")
+    root.chmod(0o755)
+    port = free_port()
+    subprocess.run([*as_postgres, _postgres_binary("initdb"), "-D", str(root / "data"), "-A", "trust", "-U",
+                    "postgres", "--no-sync"], check=True, capture_output=True)  # fmt: skip
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+    subprocess.run([*as_postgres, _postgres_binary("pg_ctl"), "-D", str(root / "data"), "-o", options, "-l",
+                    str(root / "server.log"), "-w", "start"], check=True, capture_output=True)  # fmt: skip
+
+    def database(name: str) -> str:
+        subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-q", "-c",
+                        f'CREATE DATABASE "{name}"'], check=True, capture_output=True)  # fmt: skip
+        return f"postgres:dbname={name} host=127.0.0.1 port={port} user=postgres"
+
+    try:
+        yield database
+    finally:
+        subprocess.run([*as_postgres, _postgres_binary("pg_ctl"), "-D", str(root / "data"), "-m", "immediate",
+                        "stop"], capture_output=True)  # fmt: skip
+        shutil.rmtree(root, ignore_errors=True)

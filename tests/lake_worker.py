@@ -2,6 +2,8 @@
 
 usage: lake_worker.py versions DATASET COUNT ROWS     one transaction per version
        lake_worker.py one-transaction DATASET COUNT ROWS   all versions in a single transaction
+       lake_worker.py tagged DATASET COUNT ROWS CATALOG DATA_PATH   versions of rows tagged with this process,
+                                                          on a shared catalog and data path; prints each version id
 Prints `ready` just before writing and `done` after.
 """
 
@@ -31,13 +33,16 @@ def queries(rows: int, tag: str) -> pa.Table:
 
 def main() -> None:
     mode, dataset, count, rows = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    lake = Lake(os.environ["AUTOTRAJ_HOME"])
+    lake = Lake(os.environ["AUTOTRAJ_HOME"], *sys.argv[5:7])
     lake.initialize()
     data = queries(rows, f"{dataset}-{os.getpid()}-")
     print("ready", flush=True)
     if mode == "versions":
         for _ in range(count):
             lake.write("queries", dataset, data, Lineage(stage="worker"))
+    elif mode == "tagged":
+        for _ in range(count):
+            print(lake.write("queries", dataset, data, Lineage(stage="worker")).version_id, flush=True)
     elif mode == "one-transaction":
         with lake.transaction(Lineage(stage="worker")) as batch:
             for _ in range(count):

@@ -40,7 +40,8 @@ def test_sql_formats_and_errors(cli) -> None:
     bad = cli("sql", "SELECT * FROM no_such_table")
     assert bad.exit_code == 1 and "no_such_table" in bad.output
     # The lake is attached read only for ad-hoc SQL.
-    assert cli("sql", "DELETE FROM lake.queries").exit_code == 1
+    refused = cli("sql", "DELETE FROM lake.queries")
+    assert refused.exit_code == 2 and "DELETE statements are refused" in refused.output
     assert json.loads(cli("sql", "SELECT count(*) AS n FROM queries", "-f", "json").stdout) == [{"n": 5}]
 
 

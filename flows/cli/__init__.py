@@ -8,11 +8,12 @@ line on stderr (exit 2 for bad input, 1 for a failure); `--debug` shows the trac
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
 
-from flows.cli import config, data, lake, models, pipeline, stages, tools
+from flows.cli import config, data, lake, models, pipeline, reaper, stages, tools
 from flows.cli.common import ErrorHandlingGroup
 
 app = typer.Typer(
@@ -24,7 +25,7 @@ app = typer.Typer(
 
 
 @app.callback()
-def main(
+def global_options(
     ctx: typer.Context,
     profile: Annotated[str, typer.Option("--profile", "-p", help="Profile in deployments/ or a YAML path.")] = "cpu",
     overrides: Annotated[
@@ -34,6 +35,12 @@ def main(
 ) -> None:
     """Global options shared by every command."""
     ctx.obj = {"profile": profile, "overrides": list(overrides or []), "debug": debug}
+
+
+def main() -> None:
+    """The `autotraj` command: the app, with a watchdog that stops what it starts if it is killed."""
+    reaper.start(os.getpid())
+    app()
 
 
 app.add_typer(data.app, name="data")

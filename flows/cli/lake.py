@@ -13,11 +13,36 @@ from rich.table import Table
 
 from flows.cli.common import config_of, console, fail, lake_of
 
+maintenance = typer.Typer(help="Maintain the lake.", no_args_is_help=True)
+
 
 def register(app: typer.Typer) -> None:
-    """Add the lake commands to the top-level app."""
+    """Add the lake commands to the top-level app, and `autotraj lake …`."""
     for command in (tables, sql, attach, export, report):
         app.command()(command)
+    app.add_typer(maintenance, name="lake")
+
+
+@maintenance.command("gc")
+def gc(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would go; delete nothing.")] = False,
+    older_than: Annotated[
+        float | None,
+        typer.Option(help="Keep what is younger than this many hours \\[default: runtime.lake_retention_hours]."),
+    ] = None,
+) -> None:
+    """Expire old snapshots and delete data files no live version uses (a killed write's, an expired snapshot's)."""
+    hours = older_than if older_than is not None else config_of(ctx).runtime.lake_retention_hours
+    report = lake_of(ctx).gc(hours, dry_run=dry_run)
+    expire, delete = ("would expire", "would delete") if dry_run else ("expired", "deleted")
+    console.print(
+        f"{expire} {len(report.expired_snapshots)} snapshot(s) older than {hours:g} h; {delete} "
+        f"{len(report.old_files)} file(s) only they used and {len(report.orphan_files)} orphan file(s)",
+        markup=False, highlight=False,
+    )  # fmt: skip
+    for path in [*report.old_files, *report.orphan_files]:
+        console.print(f"  {path}", markup=False, highlight=False)
 
 
 def tables(
@@ -66,12 +91,24 @@ def tables(
         console.print(detail)
 
 
+def _csv_ready(result: Any) -> Any:
+    """The table with list, struct and map columns as JSON text (CSV has no nested values)."""
+    import pyarrow as pa
+
+    for index, field in enumerate(result.schema):
+        if pa.types.is_nested(field.type):
+            text = [None if v is None else json.dumps(v, default=str, ensure_ascii=False)
+                    for v in result.column(index).to_pylist()]  # fmt: skip
+            result = result.set_column(index, field.name, pa.array(text, pa.string()))
+    return result
+
+
 def _print_arrow(result: Any, output_format: str, max_rows: int) -> None:
     if output_format == "csv":
         import pyarrow.csv as pacsv
 
         sink = sys.stdout.buffer
-        pacsv.write_csv(result, sink)
+        pacsv.write_csv(_csv_ready(result), sink)
         sink.flush()
         return
     rows = result.to_pylist()
@@ -101,14 +138,14 @@ def sql(
         raise fail(f"--format must be table, csv or json, not {output_format!r}")
     try:
         result = lake_of(ctx).sql(query)
-    except duckdb.Error as exc:
-        raise fail(str(exc).strip(), code=1) from None
+    except duckdb.Error as exc:  # the first line: DuckDB adds the query with a caret below it
+        raise fail(str(exc).strip().splitlines()[0], code=1) from None
     _print_arrow(result, output_format, max_rows)
 
 
 def attach(ctx: typer.Context) -> None:
     """Print the SQL that attaches this lake in your own DuckDB session (read only)."""
-    from schemas.lake import extension_file
+    from schemas.catalog import extension_file
 
     lake = lake_of(ctx)
     lake.initialize()

@@ -7,7 +7,11 @@ from typing import Any
 
 
 def ensure_ray(address: str | None = None) -> None:
-    """Connect to the cluster at `address` / RAY_ADDRESS, or start a local Ray once per process."""
+    """Connect to the cluster at `address` / RAY_ADDRESS, or start a private local Ray once per process.
+
+    Private: `address="local"` starts a new Ray even when a `ray start` cluster is registered on this
+    host, which Ray would otherwise join (and refuse the CPU count given here).
+    """
     import ray
 
     if ray.is_initialized():
@@ -18,6 +22,7 @@ def ensure_ray(address: str | None = None) -> None:
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(
+        address="local",
         num_cpus=max(2, os.cpu_count() or 2),
         include_dashboard=False,
         log_to_driver=False,
@@ -26,15 +31,16 @@ def ensure_ray(address: str | None = None) -> None:
 
 
 def generation_actor_options(actors: int) -> dict[str, Any]:
-    """One actor per GPU when there are GPUs; otherwise CPU actors with fractional CPUs.
+    """One actor per GPU when there are GPUs; otherwise CPU actors with fractional CPUs; spread over the
+    cluster's nodes either way.
 
     Fractional: two 1-CPU actors on a 2-CPU machine can hang waiting for each other's resources.
     """
     import ray
 
     if ray.cluster_resources().get("GPU", 0) >= actors:
-        return {"num_gpus": 1}
-    return {"num_cpus": 0.5}
+        return {"num_gpus": 1, "scheduling_strategy": "SPREAD"}
+    return {"num_cpus": 0.5, "scheduling_strategy": "SPREAD"}
 
 
 def root_cause(error: BaseException) -> BaseException:

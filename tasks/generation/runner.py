@@ -140,6 +140,12 @@ class GenerationWorker:
         """Stop the sandbox pool and the tool threads."""
         self.tools.close()
 
+    def node(self) -> str:
+        """The Ray node this worker runs on (as an actor)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
 
 def shards(items: Sequence[WorkItem], size: int) -> list[list[WorkItem]]:
     """Consecutive chunks, never splitting one query's samples across shards."""
@@ -166,11 +172,12 @@ def committed_rows(lake: Lake, partial: str) -> dict[str, dict]:
 
 @dataclass
 class GenerationRun:
-    """The rows of every work item (in item order), and how many this run generated."""
+    """The rows of every work item (in item order), how many this run generated, and where."""
 
     rows: list[dict]
     generated: int
     shards: int
+    nodes: int  # Ray nodes the generation actors ran on (0: in this process, or nothing to generate)
 
 
 @dataclass(frozen=True)
@@ -217,15 +224,16 @@ def generate_resumable(
     todo = [item for item in items if item.trajectory_id not in done or done[item.trajectory_id]["error"]]
     work = shards(todo, execution.shard_size)
     generated = 0
+    nodes: set[str] = set()
     if progress is not None:
         progress(len(items) - len(todo), len(items))
-    for rows in _generate(model, settings, work, execution):
+    for rows in _generate(model, settings, work, execution, nodes):
         lake.write("rollouts", partial, rows, lineage)
         done.update((row["trajectory_id"], row) for row in rows)
         generated += len(rows)
         if progress is not None:
             progress(len(items) - len(todo) + generated, len(items))
-    return GenerationRun([done[item.trajectory_id] for item in items], generated, len(work))
+    return GenerationRun([done[item.trajectory_id] for item in items], generated, len(work), len(nodes))
 
 
 @dataclass
@@ -236,6 +244,7 @@ class RolloutReport:
     trajectories: int
     generated: int  # written by this run (the rest were already committed)
     shards_committed: int
+    nodes: int  # Ray nodes it generated on
     errors: int
     finish_reasons: dict[str, int] = field(default_factory=dict)
 
@@ -279,7 +288,7 @@ def generate_rollouts(
         )
     unchanged = lake.latest_matching("rollouts", dataset, lineage) if not run.generated else None
     version = unchanged or lake.write("rollouts", dataset, run.rows, lineage)
-    return RolloutReport(version, len(run.rows), run.generated, run.shards, reasons["error"], dict(reasons))
+    return RolloutReport(version, len(run.rows), run.generated, run.shards, run.nodes, reasons["error"], dict(reasons))
 
 
 def _work_items(queries: pa.Table, samples: int, key: str, settings: GenerationSettings) -> list[WorkItem]:
@@ -293,9 +302,9 @@ def _work_items(queries: pa.Table, samples: int, key: str, settings: GenerationS
 
 
 def _generate(
-    model: ModelRef, settings: GenerationSettings, work: list[list[WorkItem]], execution: Execution
+    model: ModelRef, settings: GenerationSettings, work: list[list[WorkItem]], execution: Execution, nodes: set[str]
 ) -> Iterator[list[dict]]:
-    """Yield each shard's rows as soon as it is finished."""
+    """Yield each shard's rows as soon as it is finished; add the Ray nodes of the actors to `nodes`."""
     if not work:
         return
     if not execution.use_ray:
@@ -314,6 +323,7 @@ def _generate(
     actor_class = ray.remote(GenerationWorker).options(**generation_actor_options(execution.actors))
     pool = [actor_class.remote(model, settings) for _ in range(max(1, min(execution.actors, len(work))))]
     try:
+        nodes.update(ray.get([actor.node.remote() for actor in pool]))
         pending: dict[Any, Any] = {}
         queue = list(work)
         for actor in pool:

@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from schemas.config import config_hash
-from schemas.lake import Lake, Lineage, VersionInfo
+from schemas.lake import STALE_ATTEMPTS, Lake, LakeError, Lineage, StaleVersion, VersionInfo
 
 STAGE = "import"
 TASKS = ("math", "qa")
@@ -259,14 +259,29 @@ def _fingerprint(path: Path, mapping: FieldMapping) -> str:
 
 
 def import_queries(lake: Lake, path: str | Path, dataset: str, mapping: FieldMapping | None = None) -> ImportReport:
-    """Import a question/answer file as the next version of `queries/<dataset>`."""
+    """Import a question/answer file as the next version of `queries/<dataset>`.
+
+    The new version is the latest version plus the new, unique questions. It is committed only if
+    that latest version is still the latest (checked inside the commit): when another import got
+    there first, the import starts again from the new latest, so concurrent imports all land.
+    """
     mapping = mapping or FieldMapping()
     if mapping.default_task not in TASKS:
         raise ImportFormatError(f"--task must be one of {', '.join(TASKS)}, got {mapping.default_task!r}")
     path = Path(path)
+    fingerprint = _fingerprint(path, mapping) if path.exists() else ""
+    for _ in range(STALE_ATTEMPTS):
+        try:
+            return _import_once(lake, path, dataset, mapping, fingerprint)
+        except StaleVersion:
+            continue
+    raise LakeError(f"queries/{dataset} kept changing under {STALE_ATTEMPTS} attempts to import {path}")
+
+
+def _import_once(lake: Lake, path: Path, dataset: str, mapping: FieldMapping, fingerprint: str) -> ImportReport:
+    """One attempt: read the latest version, add the file's new questions, commit if still the latest."""
     source = str(path)
     report = ImportReport(dataset=dataset, source=source)
-    fingerprint = _fingerprint(path, mapping) if path.exists() else ""
     previous = lake.versions("queries", dataset)
     for info in previous:
         if info.stage == STAGE and info.config_hash == fingerprint:
@@ -300,12 +315,11 @@ def import_queries(lake: Lake, path: str | Path, dataset: str, mapping: FieldMap
         new_rows.append(query)
 
     report.imported = len(new_rows)
-    lineage = Lineage(
-        stage=STAGE, config_hash=fingerprint, input_versions=(previous[-1].version_id,) if previous else ()
-    )
+    latest = previous[-1].version_id if previous else None
+    lineage = Lineage(stage=STAGE, config_hash=fingerprint, input_versions=(latest,) if latest else ())
     with lake.transaction(lineage) as batch:
         if new_rows:
-            batch.write("queries", dataset, existing_rows + new_rows)
+            batch.write("queries", dataset, existing_rows + new_rows, expect=latest)
         if report.rejected:
             batch.write(
                 "rejected_inputs",

@@ -29,7 +29,8 @@ def run(context: StageContext) -> StageResult:
         progress=None if progress is None else lambda done, total: progress(done, total, "trajectories"),
     )
     metrics = {"trajectories": report.trajectories, "generated": report.generated, "errors": report.errors,
-               "shards_committed": report.shards_committed, "finish_reasons": report.finish_reasons}  # fmt: skip
+               "shards_committed": report.shards_committed, "ray_nodes": report.nodes,
+               "finish_reasons": report.finish_reasons}  # fmt: skip
     summary = SummaryTable(
         f"{report.trajectories} trajectories ({report.generated} generated now)",
         ("finish reason", "trajectories"),
@@ -38,7 +39,8 @@ def run(context: StageContext) -> StageResult:
     problem = (
         f"{report.errors} trajectories errored; re-run the same command to retry them" if report.errors else None
     )
-    return StageResult({"rollouts": report.version.version_id}, metrics, summary, problem=problem)
+    notes = [f"generated on {report.nodes} Ray node(s)"] if report.nodes else []
+    return StageResult({"rollouts": report.version.version_id}, metrics, summary, notes, problem)
 
 
 SPEC = StageSpec(
