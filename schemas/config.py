@@ -186,6 +186,9 @@ class PythonToolConfig(Section):
     )
     workers: int = Field(0, ge=0, description="fork servers in the pool; 0 = one per CPU core")
     timeout_s: float = Field(10.0, gt=0.0, description="wall-clock limit per snippet")
+    queue_timeout_s: float = Field(
+        300.0, gt=0.0, description="longest a call waits for a free worker before it fails (QueueTimeout)"
+    )
     memory_mb: int = Field(2048, ge=256, description="address-space limit per snippet")
     output_kb: int = Field(256, ge=1, description="output kept per snippet; past it the snippet is stopped")
     file_mb: int = Field(16, ge=1, description="largest file a snippet may write")
@@ -204,6 +207,19 @@ class ToolsConfig(Section):
     max_result_chars: int = Field(2000, ge=100, description="characters of tool output shown to the model")
     python: PythonToolConfig = Field(default_factory=PythonToolConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+
+
+def private_dir(path: str | os.PathLike[str]) -> Path:
+    """The directory, created readable by its owner only when it does not exist yet.
+
+    The data directory holds gold answers and trained models: sandbox uids must not read them.
+    An existing directory keeps its mode (the user's choice); `autotraj tools doctor` reports it.
+    """
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, exist_ok=True)
+    return directory
 
 
 def _default_data_dir() -> str:

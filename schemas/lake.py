@@ -42,7 +42,7 @@ from schemas.catalog import (
     retrying,
     sql_string,
 )
-from schemas.config import PROJECT_ROOT, RuntimeConfig
+from schemas.config import PROJECT_ROOT, RuntimeConfig, private_dir
 from schemas.tables import LINEAGE_TABLE, SCHEMAS, VERSION_COLUMN, VERSIONED_TABLES, payload_schema, validate
 
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -203,7 +203,8 @@ class Lake:
 
     @contextlib.contextmanager
     def _write_lock(self) -> Iterator[None]:
-        self.lake_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.lake_dir.parent)
+        private_dir(self.lake_dir)
         with open(self.lake_dir / ".write.lock", "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
@@ -219,6 +220,8 @@ class Lake:
         """
         if self._initialized:
             return
+        private_dir(self.lake_dir.parent)
+        private_dir(self.lake_dir)
         self.data_path.mkdir(parents=True, exist_ok=True)
         for attempt in Retrying(stop=stop_after_attempt(6), wait=wait_exponential(multiplier=0.1, max=2.0),
                                 retry=retry_if_exception_type(duckdb.Error), reraise=True):  # fmt: skip
@@ -520,5 +523,3 @@ def _same_lineage(info: VersionInfo, lineage: Lineage) -> bool:
         tuple(lineage.input_versions),
         code_version(),
     )
-
-

@@ -16,6 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from schemas.lake import Lake
+from tests.sandbox_support import SAFE_TIERS, SECRET, sandbox_config
+from tools_sandbox.executor import SandboxPool
 
 TESTS_DIR = Path(__file__).parent
 FIXTURES = TESTS_DIR / "fixtures"
@@ -49,6 +51,17 @@ def serve_in_thread(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module", params=SAFE_TIERS)
+def pool(request: pytest.FixtureRequest):
+    """A two-worker pool per safe tier, started with a secret in the parent's environment."""
+    os.environ["AUTOTRAJ_TEST_SECRET"] = SECRET
+    try:
+        with SandboxPool(sandbox_config(), workers=2, tier=request.param) as sandbox:
+            yield sandbox
+    finally:
+        os.environ.pop("AUTOTRAJ_TEST_SECRET", None)
 
 
 @pytest.fixture()

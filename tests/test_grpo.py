@@ -109,8 +109,10 @@ def test_reward_scores_correct_answers_with_the_rm_and_fails_loudly(tiny_rm: str
         actor.close()
 
     class Failing(RewardScorer):
-        def score(self, items):  # healthy, but every scoring request fails
-            raise RuntimeError("CUDA error: device-side assert triggered")
+        def score_ids(self, sequences):  # healthy (its one-token probe scores), but every trajectory fails
+            if any(len(sequence) > 1 for sequence in sequences):
+                raise RuntimeError("CUDA error: device-side assert triggered")
+            return super().score_ids(sequences)
 
     with serve_in_thread(serve_app(Failing(tiny_rm), "rm")) as url:
         reward = GrpoReward(config.grpo, HttpRewardModel(url), 1.0)

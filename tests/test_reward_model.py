@@ -14,7 +14,7 @@ import pytest
 from schemas.config import load_config
 from schemas.lake import Lake, Lineage
 from tasks.bootstrap import synth
-from tasks.serving.reward_model import RewardScorer
+from tasks.serving.reward_model import HttpRewardModel, RewardInput, RewardModelError, RewardScorer
 from tasks.stages.reward_model import held_out
 from tests.conftest import free_port, run_stage_here
 
@@ -27,7 +27,9 @@ def _segments(problem: synth.Problem, style: str, rng: random.Random) -> list[di
     ]  # fmt: skip
 
 
-def test_reward_model_ranks_held_out_pairs_is_registered_and_served(tiny_models, lake: Lake, home, capsys) -> None:
+def test_reward_model_ranks_held_out_pairs_is_registered_and_served(
+    tiny_models, lake: Lake, home, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rng = random.Random(3)
     rows = []
     for index, problem in enumerate(synth.generate(100, seed=13, prefix="rm")):
@@ -69,25 +71,45 @@ def test_reward_model_ranks_held_out_pairs_is_registered_and_served(tiny_models,
     clean, flawed = rows[0]["chosen"], rows[0]["rejected"]
     expected = scorer.score([(rows[0]["prompt"], clean), (None, flawed)])
     port = free_port()
-    env = {**os.environ, "AUTOTRAJ_HOME": str(home)}
+    key = "rm-key-" + os.urandom(4).hex()
+    env = {**os.environ, "AUTOTRAJ_HOME": str(home), "AUTOTRAJ_API_KEY": key}
     command = [sys.executable, "-m", "flows.cli", "serve-rm", "--model", registered["model_id"], "--port", str(port)]
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
+    authorized = {"Authorization": f"Bearer {key}"}
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
-                health = httpx.get(f"{url}/health", timeout=2)
+                health = httpx.get(f"{url}/health", timeout=2)  # open without the key, for load balancers
                 break
             except httpx.TransportError:
                 assert server.poll() is None, server.stderr.read() if server.stderr else ""
                 time.sleep(0.5)
         assert health.json()["status"] == "ok"
-        templated = httpx.post(f"{url}/score", json={"prompt": rows[0]["prompt"], "response": clean}, timeout=30)
-        raw = httpx.post(f"{url}/score", json={"trajectory": flawed}, timeout=30)
+        body = {"prompt": rows[0]["prompt"], "response": clean}
+        assert httpx.post(f"{url}/score", json=body, timeout=30).status_code == 401  # the key from the env holds
+        templated = httpx.post(f"{url}/score", json=body, headers=authorized, timeout=30)
+        raw = httpx.post(f"{url}/score", json={"trajectory": flawed}, headers=authorized, timeout=30)
         assert [templated.json()["score"], raw.json()["score"]] == pytest.approx(expected, abs=1e-4)
-        bad = httpx.post(f"{url}/score", json={"prompt": "only a prompt"}, timeout=30)
+        bad = httpx.post(f"{url}/score", json={"prompt": "only a prompt"}, headers=authorized, timeout=30)
         assert bad.status_code == 422  # a malformed request is refused, never scored 0.0
+        # Bounded by the model's context: past it a 400, past the body bound a 413; neither is scored.
+        context = scorer.model.config.max_position_embeddings
+        too_long = httpx.post(f"{url}/score", json={"trajectory": "7 " * (context + 10)}, headers=authorized)
+        assert too_long.status_code == 400 and f"scores 1 to {context}" in too_long.json()["detail"]
+        huge = httpx.post(f"{url}/score", json={"trajectory": "7 " * 1_000_000}, headers=authorized)
+        assert huge.status_code == 413
+        assert httpx.get(f"{url}/health", timeout=30).json()["status"] == "ok"
+        # GRPO's client sends $AUTOTRAJ_API_KEY.
+        monkeypatch.setenv("AUTOTRAJ_API_KEY", key)
+        client = HttpRewardModel(url)
+        client.check()
+        inputs = [RewardInput([], rows[0]["prompt"], clean)]
+        assert client.score(inputs) == pytest.approx(expected[:1], abs=1e-4)
+        monkeypatch.setenv("AUTOTRAJ_API_KEY", "wrong")
+        with pytest.raises(RewardModelError, match="401"):
+            HttpRewardModel(url).score(inputs)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -107,13 +129,16 @@ def test_a_scoring_failure_is_an_error_not_a_zero() -> None:
                 raise RuntimeError("weights failed to load")
             return 0.0
 
-        def score(self, items):
+        def encode(self, prompt, response):
+            return [1, 2, 3]
+
+        def score_ids(self, sequences):
             raise RuntimeError("CUDA out of memory")
 
     client = TestClient(serve_app(Broken(healthy=True), "rm"))
     reply = client.post("/score", json={"trajectory": "<think> x </think>"})
     assert reply.status_code == 500 and reply.json()["detail"] == "scoring failed: RuntimeError: CUDA out of memory"
-    assert client.get("/health").json() == {"status": "ok", "model": "rm"}
+    assert client.get("/health").json() == {"status": "ok", "busy_s": 0.0, "cancelled": 0, "model": "rm"}
     unhealthy = TestClient(serve_app(Broken(healthy=False), "rm")).get("/health")
     assert unhealthy.status_code == 503 and "weights failed to load" in unhealthy.json()["detail"]
 

@@ -15,68 +15,19 @@ from pathlib import Path
 
 import pytest
 
-from schemas.config import PythonToolConfig
+from tests.sandbox_support import (
+    SAFE_TIERS,
+    SECRET,
+    TIMEOUT_S,
+    assert_healthy,
+    needs_uid_isolation,
+    sandbox_config,
+    sandbox_processes,
+)
 from tools_sandbox import isolation
 from tools_sandbox.executor import PythonSession, SandboxPool
 from tools_sandbox.isolation import IsolationUnavailable, TierCheck, probe_tiers, resolve
 from tools_sandbox.results import format_result
-
-SAFE_TIERS = [check.tier for check in probe_tiers() if check.available and check.tier != "none"]
-SECRET = f"autotraj-secret-{uuid.uuid4().hex}"
-TIMEOUT_S = 2.0
-LIMITS = {"timeout_s": TIMEOUT_S, "memory_mb": 1024, "output_kb": 64, "file_mb": 4, "processes": 16}
-
-
-def _config(**overrides: object) -> PythonToolConfig:
-    return PythonToolConfig(**(LIMITS | {"preload": ["math", "numpy", "sympy"]} | overrides))
-
-
-@pytest.fixture(scope="module", params=SAFE_TIERS)
-def pool(request: pytest.FixtureRequest):
-    """A two-worker pool per safe tier, started with a secret in the parent's environment."""
-    os.environ["AUTOTRAJ_TEST_SECRET"] = SECRET
-    try:
-        with SandboxPool(_config(), workers=2, tier=request.param) as sandbox:
-            yield sandbox
-    finally:
-        os.environ.pop("AUTOTRAJ_TEST_SECRET", None)
-
-
-def sandbox_processes(pool: SandboxPool) -> list[int]:
-    """Host pids of live processes of the pool's sandbox uids, beyond each server's one waiting child.
-
-    Every server keeps one confined child forked ahead for the next snippet; anything else running
-    as a sandbox uid is a leftover. Zombies are dead: one orphaned to a container's pid 1 that never
-    reaps stays listed, so they are skipped.
-    """
-    if pool._lease is None:
-        return []
-    servers = set(pool.server_pids())
-    found: list[tuple[int, int]] = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                owner = os.stat(f"/proc/{entry}").st_uid
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            if owner in pool._lease.uids and fields[0] != "Z":
-                found.append((int(entry), int(fields[1])))
-    waiting = [pid for pid, parent in found if parent in servers]
-    return [pid for pid, parent in found if parent not in servers] + waiting[len(servers) :]
-
-
-def needs_uid_isolation(pool: SandboxPool) -> None:
-    """Standard tier without root runs snippets as the caller: there is no uid boundary to test."""
-    if not pool.isolation.dedicated_uid and pool.isolation.tier == "standard":
-        pytest.skip("standard tier without root: snippets run as the caller (doctor says so)")
-
-
-def assert_healthy(pool: SandboxPool) -> None:
-    """Every worker still answers, and nothing the snippets started is alive."""
-    results = pool.map(["print(6 * 7)"] * (2 * pool.size))
-    assert all(result.stdout == "42\n" and result.ok for result in results), results
-    assert sandbox_processes(pool) == []
 
 
 def test_numpy_and_sympy_answers(pool: SandboxPool) -> None:
@@ -148,7 +99,7 @@ def test_memory_bomb_is_stopped(pool: SandboxPool) -> None:
 
 @pytest.mark.parametrize("tier", SAFE_TIERS)
 def test_sympy_imports_fresh_under_the_memory_limit(tier: str) -> None:
-    with SandboxPool(_config(preload=[]), workers=1, tier=tier) as cold:
+    with SandboxPool(sandbox_config(preload=[]), workers=1, tier=tier) as cold:
         result = cold.run("import sympy\nprint(sympy.factorint(2**10 * 3))", timeout_s=60)
         assert result.ok, result
         assert result.stdout == "{2: 10, 3: 1}\n"
@@ -274,7 +225,7 @@ def test_strict_shows_only_the_runtime() -> None:
         f"print([os.path.exists(p) for p in ({str(project / 'README.md')!r}, '/etc/passwd', '/home', '/var')])\n"
         "print(sorted(os.listdir('/tmp')), os.uname().nodename)"
     )
-    with SandboxPool(_config(), workers=1, tier="strict") as strict:
+    with SandboxPool(sandbox_config(), workers=1, tier="strict") as strict:
         result = strict.run(code)
     assert result.ok, result
     assert result.stdout == "[False, False, False, False]\n['work'] sandbox\n"
@@ -365,7 +316,7 @@ def test_persistence_is_per_trajectory(pool: SandboxPool) -> None:
 
 def test_nothing_is_left_behind(tmp_path: Path) -> None:
     tier = SAFE_TIERS[0]
-    pool = SandboxPool(_config(), workers=1, tier=tier)
+    pool = SandboxPool(sandbox_config(), workers=1, tier=tier)
     pool.run("import os\nopen('/tmp/leftover-' + str(os.getpid()), 'w')\nos.system('sleep 100 &')")
     roots = [worker.spec.work_root for worker in pool._workers if worker.spec.work_root]
     assert sandbox_processes(pool) == []
@@ -380,7 +331,7 @@ def test_pool_runs_inside_a_ray_actor(local_ray) -> None:
     @ray.remote(num_cpus=0)
     class ToolActor:
         def __init__(self, tier: str):
-            self.pool = SandboxPool(_config(), workers=2, tier=tier)
+            self.pool = SandboxPool(sandbox_config(), workers=2, tier=tier)
 
         def run(self, snippets: list[str]) -> list[tuple[str, int]]:
             return [(result.stdout, result.worker) for result in self.pool.map(snippets)]

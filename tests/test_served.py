@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,10 +25,12 @@ import yaml
 from schemas.config import PROFILES_DIR
 from schemas.lake import Lake
 from tasks.bootstrap import synth
+from tasks.core.models import API_KEY_ENV
 from tests.conftest import free_port
 
 GPU_TEACHER = yaml.safe_load((PROFILES_DIR / "gpu.yaml").read_text())["rollout"]["model"]
 SERVED_NAME = GPU_TEACHER.partition("#")[2]  # Qwen/Qwen2.5-7B-Instruct
+WEDGED_AFTER_S = 0.5  # /health calls a request wedged past this: far below a 1,900-token generation
 SHORT = ["--set", "rollout.max_new_tokens_per_turn=160", "--set", "rollout.max_total_tokens=512",
          "--set", "tools.python.workers=1"]  # fmt: skip
 
@@ -51,11 +55,15 @@ def tokenizer_root(tiny_models, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 @pytest.fixture(scope="module")
-def served(tiny_models) -> str:
-    """`autotraj serve-model` with the test-size teacher, named as gpu.yaml names its teacher."""
+def served(tiny_models) -> Iterator[str]:
+    """`autotraj serve-model` with the test-size teacher, named as gpu.yaml names its teacher, requiring a
+    bearer key that every client in this module sends from $AUTOTRAJ_API_KEY (as a cluster shares it)."""
     port = free_port()
+    key = "served-key-" + os.urandom(4).hex()
     command = [sys.executable, "-m", "flows.cli", "serve-model", "--model", tiny_models.teacher, "--port", str(port),
-               "--served-name", SERVED_NAME]  # fmt: skip
+               "--served-name", SERVED_NAME, "--api-key", key, "--wedged-after-s", str(WEDGED_AFTER_S)]  # fmt: skip
+    previous = os.environ.get(API_KEY_ENV)
+    os.environ[API_KEY_ENV] = key
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -66,9 +74,14 @@ def served(tiny_models) -> str:
         except httpx.TransportError:
             assert server.poll() is None and time.monotonic() < deadline, server.stderr.read() if server.stderr else ""
             time.sleep(0.3)
-    yield url
-    server.terminate()
-    server.wait(timeout=30)
+    try:
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        os.environ.pop(API_KEY_ENV, None)
+        if previous is not None:
+            os.environ[API_KEY_ENV] = previous
 
 
 def _by_query(rows: list[dict]) -> dict[str, list[str]]:
@@ -181,3 +194,66 @@ def test_a_served_tokenizer_is_found_by_hub_id_in_the_hugging_face_cache(tokeniz
     assert found.returncode == 0, found.stderr
     expected = len(__import__("transformers").AutoTokenizer.from_pretrained(tokenizer_root / SERVED_NAME))
     assert int(found.stdout) == expected
+
+
+def test_serve_model_refuses_bad_requests_and_lets_go_of_abandoned_ones(served, tiny_models) -> None:
+    url = served + "/v1/completions"
+    key = {"Authorization": f"Bearer {os.environ[API_KEY_ENV]}"}
+    body = {"model": SERVED_NAME, "prompt": "What is 2 + 2?", "max_tokens": 4}
+    assert httpx.post(url, json=body, timeout=30).status_code == 401
+    assert httpx.get(served + "/v1/models", timeout=30).status_code == 401
+    assert httpx.post(url, json=body, headers=key, timeout=30).status_code == 200
+
+    def status(**changes: object) -> int:
+        return httpx.post(url, json=body | changes, headers=key, timeout=30).status_code
+
+    def raw_status(text: str) -> int:
+        headers = key | {"content-type": "application/json"}
+        return httpx.post(url, content=text.encode(), headers=headers, timeout=30).status_code
+
+    # Each of these answered 500, or ran, before: each is the client's error now.
+    template = f'{{"model": "{SERVED_NAME}", "prompt": "hi", "temperature": %s}}'
+    assert [raw_status(template % "NaN"), raw_status(template % "Infinity")] == [422, 422]
+    assert status(seed=2**70) == status(prompt="") == status(prompt=[]) == status(min_tokens=5) == 422
+    assert status(prompt=[5, 10**6]) == status(prompt=[-1]) == 400  # out of the vocabulary
+    assert status(model="some-other-model") == 404
+    assert status(max_tokens=32768) == 400  # past the model's context (its config's max_position_embeddings)
+    assert status(prompt=[5] * 1_000_000) == 413  # the body bound, before anything is parsed
+    assert httpx.get(served + "/health", timeout=30).json()["status"] == "ok"
+
+    # A client that leaves: its generation stops, and the worker is free again.
+    long = body | {"max_tokens": 1900, "min_tokens": 1900}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url, json=long, headers=key, timeout=0.3)
+    deadline = time.monotonic() + 60
+    while (health := httpx.get(served + "/health", timeout=30).json())["busy_s"] or not health.get("cancelled"):
+        assert time.monotonic() < deadline, health
+        time.sleep(0.1)
+    assert health["cancelled"] == 1
+
+    # One request holding the model past --wedged-after-s: /health says so while it runs.
+    finished = threading.Event()
+    replies: list[int] = []
+
+    def run_long() -> None:
+        replies.append(httpx.post(url, json=long, headers=key, timeout=120).status_code)
+        finished.set()
+
+    threading.Thread(target=run_long, daemon=True).start()
+    seen: set[int] = set()
+    while not finished.is_set():
+        seen.add(httpx.get(served + "/health", timeout=30).status_code)
+        time.sleep(0.05)
+    assert replies == [200] and 503 in seen
+    assert httpx.get(served + "/health", timeout=30).status_code == 200
+
+
+def test_a_cancelled_generation_stops_at_the_next_token(tiny_models) -> None:
+    from tasks.generation.llm import SamplingParams, TransformersBackend
+
+    backend = TransformersBackend(tiny_models.teacher)
+    params = SamplingParams(max_new_tokens=500, min_new_tokens=500)
+    assert len(backend.generate([[5, 6, 7]], [], params)[0].token_ids) == 500
+    backend.cancel = threading.Event()
+    backend.cancel.set()
+    assert len(backend.generate([[5, 6, 7]], [], params)[0].token_ids) <= 1

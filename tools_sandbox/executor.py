@@ -3,9 +3,11 @@
     with SandboxPool(config.tools.python) as pool:
         results = pool.map(["print(1 + 1)", "import sympy; print(sympy.factor(x**2 - 1))"])
 
-Each worker is one fork server (forkserver.py) running one snippet at a time; the pool's thread
-executor bounds concurrency to the number of workers. A worker that dies (killed, crashed) is
-restarted and the snippet it was running gets a SandboxError result; the pool stays usable.
+Each worker is one fork server (forkserver.py) running one snippet at a time, fed by one dispatch
+thread. Calls queue per owner (a trajectory's session) and are served round robin across owners, so
+one trajectory's runaway snippets cannot starve the others; a call that waits longer than
+`queue_timeout_s` fails as QueueTimeout. A worker that dies (killed, crashed) is restarted and the
+snippet it was running gets a SandboxError result; the pool stays usable.
 """
 
 from __future__ import annotations
@@ -13,19 +15,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import select
-import shutil
 import signal
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from schemas.config import PythonToolConfig
+from tools_sandbox import cgroup
+from tools_sandbox.cleanup import remove_tree
 from tools_sandbox.isolation import Isolation, IsolationUnavailable, LaunchSpec, UidLease, launch_spec, resolve
 from tools_sandbox.protocol import (
     ExecRequest,
@@ -34,6 +38,7 @@ from tools_sandbox.protocol import (
     ProtocolError,
     read_message,
     request_to_dict,
+    result_from_dict,
     write_message,
 )
 
@@ -119,7 +124,7 @@ class _Worker:
             self.start()
             self._send(message)
         try:
-            reply = self._receive(request.limits.timeout_s + REPLY_GRACE_S)
+            return result_from_dict(self._receive(request.limits.timeout_s + REPLY_GRACE_S))
         except (ProtocolError, OSError) as exc:
             log.warning("sandbox worker %d failed (%s; %s); restarting it", self.index, exc, self.stderr_tail())
             self.start()
@@ -128,7 +133,6 @@ class _Worker:
                 error_type="SandboxError",
                 worker=self.index,
             )
-        return ExecResult(**reply)
 
     def _send(self, message: dict) -> None:
         assert self.process is not None and self.process.stdin is not None
@@ -151,7 +155,77 @@ class _Worker:
             self._stderr.close()
             self.process = None
         if self.spec is not None and self.spec.work_root:
-            shutil.rmtree(self.spec.work_root, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                remove_tree(self.spec.work_root)
+        if self.spec is not None and self.spec.cgroup:
+            cgroup.remove(self.spec.cgroup)
+
+
+@dataclass
+class _Call:
+    request: ExecRequest
+    future: Future[ExecResult] = field(default_factory=Future)
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+class _FairQueue:
+    """Calls queued per owner and handed out round robin across owners, oldest first within one."""
+
+    def __init__(self) -> None:
+        self._owners: OrderedDict[Hashable, deque[_Call]] = OrderedDict()
+        self._ready = threading.Condition()
+        self._closed = False
+
+    def put(self, owner: Hashable, call: _Call) -> None:
+        """Queue a call behind the same owner's earlier ones."""
+        with self._ready:
+            if self._closed:
+                raise SandboxError("the sandbox pool is closed")
+            self._owners.setdefault(owner, deque()).append(call)
+            self._ready.notify()
+
+    def get(self) -> _Call | None:
+        """The next owner's oldest call (that owner then goes to the back); None once closed."""
+        with self._ready:
+            while not self._owners and not self._closed:
+                self._ready.wait()
+            if not self._owners:
+                return None
+            owner, calls = self._owners.popitem(last=False)
+            call = calls.popleft()
+            if calls:
+                self._owners[owner] = calls
+            return call
+
+    def close(self) -> list[_Call]:
+        """Stop handing out calls; the ones still queued are returned, to be cancelled."""
+        with self._ready:
+            self._closed = True
+            left = [call for calls in self._owners.values() for call in calls]
+            self._owners.clear()
+            self._ready.notify_all()
+        return left
+
+
+def _dispatch(calls: _FairQueue, worker: _Worker, queue_timeout_s: float) -> None:
+    """Feed one worker calls from the fair queue until the pool closes (holds no reference to the pool)."""
+    while (call := calls.get()) is not None:
+        if not call.future.set_running_or_notify_cancel():
+            continue
+        waited = time.monotonic() - call.queued_at
+        if waited > queue_timeout_s:
+            call.future.set_result(
+                ExecResult(
+                    error=f"QueueTimeout: waited {waited:.0f} s for a free sandbox worker "
+                    f"(tools.python.queue_timeout_s = {queue_timeout_s:g})",
+                    error_type="QueueTimeout",
+                )
+            )
+            continue
+        try:
+            call.future.set_result(worker.run(call.request))
+        except BaseException as exc:  # a worker that cannot restart: this call fails, the thread goes on
+            call.future.set_exception(exc)
 
 
 class SandboxPool:
@@ -170,24 +244,34 @@ class SandboxPool:
             open_files=self.config.open_files,
         )
         self._lease = UidLease(self.config.uid_base, count) if self.isolation.dedicated_uid else None
-        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._queue = _FairQueue()
         self._workers: list[_Worker] = []
+        self._dispatchers: list[threading.Thread] = []
         self._closed = False
         self._lock = threading.Lock()
+        lease, tier, preload, tmp_mb = self._lease, self.isolation.tier, list(self.config.preload), self.config.tmp_mb
+
+        def spec(index: int) -> LaunchSpec:  # no reference to the pool, so an unclosed pool is still collected
+            return launch_spec(tier, index, lease.uids[index] if lease else None, preload, tmp_mb)
+
         try:
             with ThreadPoolExecutor(count) as starter:
-                self._workers = list(starter.map(lambda index: _Worker(self._spec, index), range(count)))
+                self._workers = list(starter.map(lambda index: _Worker(spec, index), range(count)))
         except BaseException:
             self.close()
             raise
-        for worker in self._workers:
-            self._idle.put(worker)
-        self._executor = ThreadPoolExecutor(count, thread_name_prefix="sandbox")
+        self._dispatchers = [
+            threading.Thread(
+                target=_dispatch,
+                args=(self._queue, worker, self.config.queue_timeout_s),
+                name=f"sandbox-{worker.index}",
+                daemon=True,
+            )
+            for worker in self._workers
+        ]
+        for thread in self._dispatchers:
+            thread.start()
         log.info("sandbox pool: %d workers, %s", count, self.isolation.describe())
-
-    def _spec(self, index: int) -> LaunchSpec:
-        uid = self._lease.uids[index] if self._lease else None
-        return launch_spec(self.isolation.tier, index, uid, list(self.config.preload), self.config.tmp_mb)
 
     @property
     def size(self) -> int:
@@ -212,23 +296,23 @@ class SandboxPool:
             show_last_expression=self.config.show_last_expression,
         )
 
-    def _execute(self, request: ExecRequest) -> ExecResult:
-        worker = self._idle.get()
-        try:
-            return worker.run(request)
-        finally:
-            self._idle.put(worker)
+    def submit(
+        self, code: str | ExecRequest, setup: Iterable[str] = (), owner: Hashable | None = None, **limits: float
+    ) -> Future[ExecResult]:
+        """Queue one snippet behind its owner's earlier ones; the future resolves when a worker has run it.
 
-    def submit(self, code: str | ExecRequest, setup: Iterable[str] = (), **limits: float) -> Future[ExecResult]:
-        """Queue one snippet; the future resolves when a worker has run it."""
-        if self._closed:
-            raise SandboxError("the sandbox pool is closed")
+        Owners (a trajectory's session) take turns for free workers; without one, a call is its own owner.
+        """
         request = code if isinstance(code, ExecRequest) else self.request(code, setup, **limits)
-        return self._executor.submit(self._execute, request)
+        call = _Call(request)
+        self._queue.put(object() if owner is None else owner, call)
+        return call.future
 
-    def run(self, code: str | ExecRequest, setup: Iterable[str] = (), **limits: float) -> ExecResult:
+    def run(
+        self, code: str | ExecRequest, setup: Iterable[str] = (), owner: Hashable | None = None, **limits: float
+    ) -> ExecResult:
         """Run one snippet and wait for its result."""
-        return self.submit(code, setup, **limits).result()
+        return self.submit(code, setup, owner, **limits).result()
 
     def map(self, snippets: Iterable[str | ExecRequest]) -> list[ExecResult]:
         """Run many snippets concurrently; results in input order."""
@@ -246,12 +330,17 @@ class SandboxPool:
             if self._closed:
                 return
             self._closed = True
-        if hasattr(self, "_executor"):
-            self._executor.shutdown(wait=True, cancel_futures=True)
-        for worker in self._workers:
-            worker.stop()
-        if self._lease is not None:
-            self._lease.release()
+        try:
+            for call in self._queue.close():
+                call.future.cancel()
+            for thread in self._dispatchers:
+                thread.join()
+            for worker in self._workers:
+                with contextlib.suppress(Exception):  # one worker's trouble must not keep the others running
+                    worker.stop()
+        finally:
+            if self._lease is not None:
+                self._lease.release()
 
     def __enter__(self) -> SandboxPool:
         return self
@@ -287,7 +376,7 @@ class PythonSession:
 
     def run(self, code: str) -> ExecResult:
         """Run the next cell of this trajectory."""
-        result = self.pool.run(self.request(code))
+        result = self.pool.run(self.request(code), owner=self)
         self.record(code, result)
         return result
 

@@ -17,7 +17,6 @@ import ast
 import builtins
 import contextlib
 import ctypes
-import errno
 import fcntl
 import gc
 import importlib
@@ -26,9 +25,7 @@ import json
 import os
 import resource
 import selectors
-import shutil
 import signal
-import socket
 import stat
 import sys
 import tempfile
@@ -37,7 +34,10 @@ import traceback
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from tools_sandbox import cgroup, landlock
+from tools_sandbox.cleanup import remove_tree
 from tools_sandbox.protocol import (
+    ERROR_CHARS,
     ExecRequest,
     ExecResult,
     Limits,
@@ -45,34 +45,20 @@ from tools_sandbox.protocol import (
     read_message,
     request_from_dict,
     request_to_dict,
+    status_from_bytes,
     write_message,
 )
+from tools_sandbox.seccomp_filter import CompiledFilter, build_seccomp_filter
 
 PR_SET_PDEATHSIG = 1
-PR_SET_SECCOMP = 22
 PR_SET_CHILD_SUBREAPER = 36
-PR_SET_NO_NEW_PRIVS = 38
-SECCOMP_MODE_FILTER = 2
 STATUS_FD = 3  # where a child reports its error (or success) to the server
+# The status is a few hundred bytes; past this, the snippet is writing to the channel itself.
+STATUS_CAP_BYTES = 4 * ERROR_CHARS
 REQUEST_FD = 4  # where a waiting child reads its snippet
 READ_CHUNK = 1 << 16
 DRAIN_GRACE_S = 0.5  # after the snippet returns, how long to wait for its pipes to close
 REAP_TIMEOUT_S = 5.0
-
-# Syscalls a snippet never needs and that open a way out: namespaces, mounts, tracing other
-# processes, kernel modules, eBPF, io_uring (which bypasses seccomp), keyrings, leaving the group.
-BLOCKED_SYSCALLS = (
-    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_open", "pidfd_getfd",
-    "pidfd_send_signal", "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "move_mount",
-    "open_tree", "fsopen", "fsmount", "fsconfig", "fspick", "mount_setattr", "open_by_handle_at",
-    "name_to_handle_at", "reboot", "kexec_load", "kexec_file_load", "init_module", "finit_module",
-    "delete_module", "swapon", "swapoff", "acct", "quotactl", "settimeofday", "clock_settime",
-    "clock_adjtime", "adjtimex", "sethostname", "setdomainname", "iopl", "ioperm", "bpf",
-    "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key", "io_uring_setup",
-    "io_uring_enter", "io_uring_register", "fanotify_init", "syslog", "vhangup", "personality",
-    "setsid", "setpgid",
-)  # fmt: skip
-NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
 
 
 class Settings:
@@ -85,6 +71,8 @@ class Settings:
         self.sandbox_uid: int | None = raw.get("sandbox_uid")
         self.sandbox_gid: int | None = raw.get("sandbox_gid")
         self.seccomp: bool = raw.get("seccomp", True)
+        self.landlock: bool = raw.get("landlock", False)
+        self.cgroup: str | None = raw.get("cgroup")
         self.sweep_dirs: list[str] = raw.get("sweep_dirs", [])
         self.protected_pids: list[int] = raw.get("protected_pids", [])
         self.nproc_base: int = raw.get("nproc_base", 0)
@@ -94,7 +82,7 @@ class Settings:
 # -- the child -------------------------------------------------------------------------------------
 
 
-def _traversable_by_others(path: str) -> bool:
+def traversable_by_others(path: str) -> bool:
     """Whether every directory on the way to path lets other users through (the sandbox uid is one)."""
     current = os.path.abspath(path)
     while True:
@@ -112,7 +100,7 @@ def _traversable_by_others(path: str) -> bool:
 def _unreachable_import_roots() -> list[str]:
     """Python prefixes the sandbox uid could not traverse (e.g. a pyenv under a 0700 /root)."""
     roots = {sys.base_prefix, sys.prefix}
-    return sorted(root for root in roots if os.path.isdir(root) and not _traversable_by_others(root))
+    return sorted(root for root in roots if os.path.isdir(root) and not traversable_by_others(root))
 
 
 def _reroute_imports(aliases: dict[str, str]) -> None:
@@ -158,11 +146,20 @@ def _close_fds(keep: set[int]) -> None:
                 os.close(fd)
 
 
-def _error_line(exc: BaseException) -> str:
+def _error_line(exc: BaseException, cap: int = ERROR_CHARS) -> str:
+    """The error's last line, at most `cap` characters (an exception's text can be any size)."""
     if isinstance(exc, SyntaxError):
         where = f" (line {exc.lineno})" if exc.lineno else ""
-        return f"{type(exc).__name__}: {exc.msg}{where}"
-    return traceback.format_exception_only(type(exc), exc)[-1].strip()
+        line = f"{type(exc).__name__}: {exc.msg}{where}"
+    else:
+        try:
+            line = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        except BaseException:  # a __str__ that raises or never ends well: the type still says what happened
+            line = f"{type(exc).__name__}: (its message could not be printed)"
+    if len(line) <= cap:
+        return line
+    cut = f"... [{len(line)} characters in all]"
+    return line[: max(0, cap - len(cut))] + cut
 
 
 def _run_cell(code: str, namespace: dict[str, Any], show_last_expression: bool) -> None:
@@ -176,6 +173,20 @@ def _run_cell(code: str, namespace: dict[str, Any], show_last_expression: bool) 
             print(repr(value))
     else:
         exec(compile(tree, "<code>", "exec"), namespace)
+
+
+def runtime_dirs() -> list[str]:
+    """What a snippet may read besides the system: the Python install and its packages, this package.
+
+    Not every sys.path entry: `python -m` puts the working directory there, and PYTHONPATH the
+    checkout, which holds the data directory by default.
+    """
+    candidates = {sys.base_prefix, sys.prefix, os.path.dirname(os.path.abspath(__file__))}
+    candidates.update(
+        path for path in sys.path
+        if os.path.isabs(path) and os.path.isdir(path) and ("site-packages" in path or "dist-packages" in path)
+    )  # fmt: skip
+    return sorted(os.path.realpath(path) for path in candidates)
 
 
 def _child(
@@ -206,6 +217,10 @@ def _child(
         for sig in (signal.SIGTERM, signal.SIGPIPE, signal.SIGCHLD, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        if settings.cgroup is not None:  # as root still: the server sets its limit per snippet
+            cgroup.join(settings.cgroup)
+        if settings.landlock:  # as root still, so every allowed path can be opened
+            landlock.restrict(workdir, runtime_dirs())
         if settings.sandbox_uid is not None and os.geteuid() == 0:
             os.setgroups([])
             os.setgid(settings.sandbox_gid if settings.sandbox_gid is not None else settings.sandbox_uid)
@@ -227,6 +242,7 @@ def _child(
         os._exit(70)
 
     status: dict[str, Any] = {"error": None, "error_type": None}
+    cap = min(ERROR_CHARS, request.limits.output_kb << 10)
     leader = os.getpid()
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
     try:
@@ -240,9 +256,9 @@ def _child(
         _run_cell(request.code, namespace, request.show_last_expression)
     except SystemExit as exc:
         if exc.code not in (None, 0):
-            status = {"error": f"SystemExit: {exc.code}", "error_type": "SystemExit"}
+            status = {"error": f"SystemExit: {str(exc.code)[:cap]}", "error_type": "SystemExit"}
     except BaseException as exc:
-        status = {"error": _error_line(exc), "error_type": type(exc).__name__}
+        status = {"error": _error_line(exc, cap), "error_type": type(exc).__name__[:100]}
     with contextlib.suppress(BaseException):
         sys.stdout.flush()
         sys.stderr.flush()
@@ -253,58 +269,6 @@ def _child(
 
 
 # -- the server ------------------------------------------------------------------------------------
-
-
-class _SockFprog(ctypes.Structure):
-    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
-
-
-class CompiledFilter:
-    """A seccomp filter compiled to BPF once, in the server: a child loads it with two prctl calls.
-
-    libseccomp would recompile the rules in every child (about 2 ms each); the program is the same.
-    """
-
-    def __init__(self, rules: Any):
-        with tempfile.TemporaryFile() as handle:
-            rules.export_bpf(handle)
-            handle.seek(0)
-            program = handle.read()
-        self._buffer = ctypes.create_string_buffer(program, len(program))
-        self._program = _SockFprog(len(program) // 8, ctypes.addressof(self._buffer))  # 8 bytes per instruction
-        self._libc = ctypes.CDLL(None, use_errno=True)
-
-    def load(self) -> None:
-        """Confine the calling thread (and everything it starts) for good."""
-        if self._libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
-        if self._libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(self._program), 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "loading the seccomp filter failed")
-
-
-def build_seccomp_filter(protected_pids: list[int]) -> CompiledFilter:
-    """The seccomp filter every child loads: allow by default, deny the escape hatches."""
-    import pyseccomp as seccomp
-
-    deny = seccomp.ERRNO(errno.EPERM)
-    rules = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
-    for name in BLOCKED_SYSCALLS:
-        with contextlib.suppress(Exception):  # a syscall this architecture does not have
-            rules.add_rule(deny, name)
-    # Only AF_UNIX sockets: no TCP/UDP/raw/netlink, so no network even without a network namespace.
-    rules.add_rule(seccomp.ERRNO(errno.EACCES), "socket", seccomp.Arg(0, seccomp.NE, socket.AF_UNIX))
-    # clone3 passes flags in memory seccomp cannot read; ENOSYS makes libc fall back to clone.
-    rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
-    for flag in NAMESPACE_FLAGS:
-        rules.add_rule(deny, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
-    # Signals: never to everyone (-1), never to the server, the pool or their groups.
-    targets = {0xFFFFFFFF}
-    for pid in protected_pids:
-        targets |= {pid & 0xFFFFFFFF, -pid & 0xFFFFFFFF}
-    for target in targets:
-        for name in ("kill", "tkill", "tgkill"):
-            rules.add_rule(deny, name, seccomp.Arg(0, seccomp.MASKED_EQ, 0xFFFFFFFF, target))
-    return CompiledFilter(rules)
 
 
 def _children() -> list[int]:
@@ -350,18 +314,6 @@ def _kill_uid(uid: int) -> None:
     _kill_descendants()
 
 
-def _remove_tree(path: str) -> None:
-    """Delete a tree even where the snippet removed its own permissions."""
-
-    def fix_and_retry(func: Any, failed: str, _exc: BaseException) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(failed), 0o700)
-            os.chmod(failed, 0o700)
-            func(failed)
-
-    shutil.rmtree(path, onerror=lambda func, failed, info: fix_and_retry(func, failed, info[1]))
-
-
 @dataclass
 class _Spare:
     """A forked, confined child waiting for its snippet."""
@@ -381,6 +333,7 @@ class ForkServer:
         self.aliases: dict[str, str] = {}
         self.sandbox_uid = settings.sandbox_uid if os.geteuid() == 0 else None
         self._spare: _Spare | None = None
+        self.unclean: str | None = None  # why the last snippet's files could not be removed
 
     def start(self) -> dict[str, Any]:
         """Preload, warm up and build the filter; return the ready message."""
@@ -442,6 +395,8 @@ class ForkServer:
         self.prepare()
         spare, self._spare = self._spare, None
         assert spare is not None
+        if self.settings.cgroup is not None:
+            cgroup.set_limit(self.settings.cgroup, request.limits.memory_mb << 20)
         with contextlib.suppress(OSError):  # a child that died while waiting: _collect reports how
             write_message(spare.request_w, request_to_dict(request))
         os.close(spare.request_w)
@@ -460,7 +415,7 @@ class ForkServer:
             selector.register(fd, selectors.EVENT_READ)
         selector.register(pidfd, selectors.EVENT_READ)
         deadline = time.monotonic() + limits.timeout_s
-        timed_out = truncated = exited = False
+        timed_out = truncated = exited = tampered = False
         open_streams = set(streams)
         while open_streams or not exited:
             remaining = deadline - time.monotonic()
@@ -480,7 +435,8 @@ class ForkServer:
                     continue
                 buffers[streams[key.fd]] += data
                 truncated = len(buffers["stdout"]) + len(buffers["stderr"]) > cap
-            if truncated:
+                tampered = len(buffers["status"]) > STATUS_CAP_BYTES
+            if truncated or tampered:
                 break
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)  # the leader is not reaped yet, so the group id is still ours
@@ -489,10 +445,19 @@ class ForkServer:
         selector.close()
         for fd in (*streams, pidfd):
             os.close(fd)
-        return {"buffers": buffers, "wait_status": wait_status, "timed_out": timed_out, "truncated": truncated}
+        return {"buffers": buffers, "wait_status": wait_status, "timed_out": timed_out, "truncated": truncated,
+                "tampered": tampered}  # fmt: skip
 
     def _cleanup(self, workdir: str) -> None:
-        _remove_tree(workdir)
+        """Delete the work directory and what the snippet's uid left in the swept directories.
+
+        What cannot be deleted is remembered in `unclean`: the server then answers and exits, and
+        the pool starts a fresh one (the leftovers are in this server's work root, removed with it).
+        """
+        try:
+            remove_tree(workdir)
+        except (OSError, RecursionError) as exc:
+            self.unclean = f"{workdir}: {exc}"
         snippet_uid = self.sandbox_uid if self.sandbox_uid is not None else os.geteuid()
         for directory in self.settings.sweep_dirs:
             with contextlib.suppress(OSError), os.scandir(directory) as entries:
@@ -501,38 +466,36 @@ class ForkServer:
                         continue
                     with contextlib.suppress(OSError):
                         if entry.stat(follow_symlinks=False).st_uid == snippet_uid:
-                            if entry.is_dir(follow_symlinks=False):
-                                _remove_tree(entry.path)
-                            else:
-                                os.unlink(entry.path)
+                            remove_tree(entry.path)
 
     def _result(self, collected: dict[str, Any], limits: Limits, duration: float) -> ExecResult:
         buffers = collected["buffers"]
         cap = limits.output_kb << 10
         stdout = bytes(buffers["stdout"][:cap]).decode(errors="replace")
         stderr = bytes(buffers["stderr"][: max(0, cap - len(buffers["stdout"]))]).decode(errors="replace")
-        try:
-            status = json.loads(bytes(buffers["status"]) or b"null")
-        except ValueError:
-            status = None
+        status = status_from_bytes(bytes(buffers["status"]), cap)
         wait_status = collected["wait_status"]
         signal_name = None
         error = error_type = None
-        if isinstance(status, dict):
-            error, error_type = status.get("error"), status.get("error_type")
-        if collected["timed_out"]:
+        if isinstance(status, tuple):
+            error, error_type = status
+        if collected["tampered"] or status == "malformed":
+            error = "SandboxError: the snippet wrote to the sandbox's result channel; its result was discarded"
+            error_type = "SandboxError"
+            status = None
+        elif collected["timed_out"]:
             error, error_type = f"TimeoutError: execution exceeded the {limits.timeout_s:g} s limit", "TimeoutError"
         elif collected["truncated"]:
             error = f"OutputLimitExceeded: output passed {limits.output_kb} KB; execution was stopped"
             error_type = "OutputLimitExceeded"
-        elif status is None and os.WIFSIGNALED(wait_status):
+        elif status == "missing" and os.WIFSIGNALED(wait_status):
             signal_name = signal.Signals(os.WTERMSIG(wait_status)).name
             reason = "CPU time limit" if signal_name == "SIGXCPU" else signal.strsignal(os.WTERMSIG(wait_status))
             error, error_type = f"Killed: {signal_name} ({reason})", "Killed"
-        elif status is None:
+        elif status == "missing":
             code = os.waitstatus_to_exitcode(wait_status)
             error, error_type = f"ProcessExit: the process exited with status {code}", "ProcessExit"
-        killed = collected["timed_out"] or collected["truncated"] or signal_name is not None
+        killed = collected["timed_out"] or collected["truncated"] or collected["tampered"] or signal_name is not None
         return ExecResult(
             stdout=stdout,
             stderr=stderr,
@@ -578,6 +541,9 @@ def main(argv: list[str]) -> int:
         except ProtocolError:
             return 0
         write_message(replies, asdict(server.run(request)))
+        if server.unclean is not None:  # files that would not go: let the pool start a clean server
+            print(f"forkserver: could not clean up {server.unclean}; exiting", file=sys.stderr)
+            return 3
         server.prepare()
 
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tools_sandbox import cgroup
+
 TIERS = ("strict", "standard", "none")
 UID_LOCK_DIR = Path(tempfile.gettempdir()) / "autotraj-sandbox-uids"
 SERVER_ENV = {
@@ -149,6 +151,7 @@ class LaunchSpec:
     env: dict[str, str]
     settings: dict[str, Any]
     work_root: str | None  # created by the pool and removed when the server goes (None: inside bwrap)
+    cgroup: str | None = None  # the worker's memory cgroup, removed when the server goes
 
     def command(self) -> list[str]:
         """The full argv including the JSON settings."""
@@ -168,6 +171,7 @@ def launch_spec(
         "index": index,
         "preload": preload,
         "seccomp": tier != "none",
+        "landlock": tier == "standard",  # the strict tier's whole file system view is bubblewrap's
         "sandbox_uid": uid,
         "sandbox_gid": uid,
         "protected_pids": [os.getpid()],
@@ -181,10 +185,12 @@ def launch_spec(
     work_root = tempfile.mkdtemp(prefix=f"autotraj-sandbox-{index}-")
     os.chmod(work_root, 0o711)
     settings["work_root"] = work_root
+    group = None
     if tier == "standard" and uid is not None:
         settings["sweep_dirs"] = sorted({tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm"})
+        settings["cgroup"] = group = cgroup.create(f"autotraj-sandbox-{os.getpid()}-{index}")
     env = dict(SERVER_ENV, PYTHONPATH=_package_root())
-    return LaunchSpec(argv=server, env=env, settings=settings, work_root=work_root)
+    return LaunchSpec(argv=server, env=env, settings=settings, work_root=work_root, cgroup=group)
 
 
 class UidLease:
@@ -218,7 +224,7 @@ class UidLease:
 
 _SECCOMP_PROBE = """
 import errno, socket
-from tools_sandbox.forkserver import build_seccomp_filter
+from tools_sandbox.seccomp_filter import build_seccomp_filter
 build_seccomp_filter([]).load()
 try:
     socket.socket(socket.AF_INET, socket.SOCK_STREAM)

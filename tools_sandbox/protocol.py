@@ -13,6 +13,7 @@ from typing import Any
 
 _HEADER = struct.Struct("!I")
 MAX_MESSAGE_BYTES = 64 << 20
+ERROR_CHARS = 8192  # an error line is cut here in the child, whatever the exception's text
 
 
 class ProtocolError(RuntimeError):
@@ -60,6 +61,47 @@ class ExecResult:
     def ok(self) -> bool:
         """True when the snippet ran to completion without an error."""
         return self.error is None and not self.timed_out and not self.killed
+
+
+_RESULT_TYPES: dict[str, tuple[type, ...]] = {
+    "stdout": (str,), "stderr": (str,), "error": (str, type(None)), "error_type": (str, type(None)),
+    "timed_out": (bool,), "killed": (bool,), "signal": (str, type(None)), "output_truncated": (bool,),
+    "duration_s": (float, int), "worker": (int,),
+}  # fmt: skip
+
+
+def status_from_bytes(raw: bytes, cap: int) -> tuple[str | None, str | None] | str:
+    """A child's status report: (error, error_type), "missing" when it wrote none, or "malformed".
+
+    The channel is reachable from the snippet (it runs in the child), so nothing is trusted: the
+    report must be exactly what the child writes, a JSON object with a string-or-null `error` and an
+    identifier-or-null `error_type`; the error is cut at `cap` characters.
+    """
+    if not raw:
+        return "missing"
+    try:
+        status = json.loads(raw)
+    except ValueError:
+        return "malformed"
+    if not isinstance(status, dict) or set(status) != {"error", "error_type"}:
+        return "malformed"
+    error, error_type = status["error"], status["error_type"]
+    if not (error is None or isinstance(error, str)):
+        return "malformed"
+    valid_type = isinstance(error_type, str) and error_type.isidentifier() and len(error_type) <= 100
+    if not (error_type is None or valid_type):
+        return "malformed"
+    return (error[:cap] if error is not None else None), error_type
+
+
+def result_from_dict(data: Any) -> ExecResult:
+    """An ExecResult from a server's reply, every field type-checked; ProtocolError when it is not one."""
+    if not isinstance(data, dict) or not set(data) <= set(_RESULT_TYPES):
+        raise ProtocolError(f"not a result: {str(data)[:200]}")
+    for name, value in data.items():
+        if not isinstance(value, _RESULT_TYPES[name]):
+            raise ProtocolError(f"result field {name} is a {type(value).__name__}")
+    return ExecResult(**data)
 
 
 def request_to_dict(request: ExecRequest) -> dict[str, Any]:

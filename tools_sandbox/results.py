@@ -43,8 +43,9 @@ def _passages_text(passages: Sequence[Passage]) -> str:
 def format_result(output: ExecResult | Sequence[Passage] | str, max_chars: int) -> str:
     """The text inside <result>…</result> for a Python run, a list of passages, or plain text.
 
-    A Python error's last line always survives truncation: the model needs it more than the tail
-    of a long output.
+    A Python error's last line survives truncation of the output before it (the model needs it more
+    than the tail of a long output), and is itself cut to `max_chars` (an exception's text can be
+    any size): the result never exceeds max_chars plus one truncation marker.
     """
     if isinstance(output, str):
         return truncate(output, max_chars)
@@ -53,9 +54,9 @@ def format_result(output: ExecResult | Sequence[Passage] | str, max_chars: int) 
     printed = output.stdout + output.stderr
     if output.error is None:
         return truncate(printed, max_chars)
-    error = output.error
+    error = truncate(output.error, max_chars)
     room = max(0, max_chars - len(error) - 1)
-    body = truncate(printed, room) if printed else ""
+    body = truncate(printed, room) if printed and room else ""
     if body and not body.endswith("\n"):
         body += "\n"
     return body + error

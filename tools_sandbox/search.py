@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import httpx
 from pydantic import BaseModel, Field
 
-from schemas.config import SearchConfig
+from schemas.config import SearchConfig, private_dir
 from tools_sandbox.http_retry import post_json
 
 log = logging.getLogger(__name__)
@@ -250,6 +250,7 @@ def searcher_from_config(
     A local corpus that does not exist is an error when search is `required` (some query needs it);
     otherwise the run goes on without the tool (None) and logs a warning.
     """
+    private_dir(data_dir)  # the index and the query cache live there
     if config.backend == "http":
         if not config.url:
             raise SearchError("tools.search.backend=http needs tools.search.url")

@@ -64,6 +64,23 @@ def _local_model(ctx: typer.Context, reference: str) -> str:
     return model.path
 
 
+ApiKey = Annotated[
+    str | None,
+    typer.Option(
+        envvar="AUTOTRAJ_API_KEY",
+        show_envvar=True,
+        help="Require 'Authorization: Bearer KEY' (all but /health); clients send $AUTOTRAJ_API_KEY.",
+    ),
+]
+WedgedAfter = Annotated[
+    float, typer.Option(help="/health answers 503 once one request has held the model this long (s).")
+]
+
+
+def _auth_note(api_key: str | None) -> str:
+    return "; bearer key required" if api_key else "; no API key: anyone who reaches the port may use it"
+
+
 def serve_model(
     ctx: typer.Context,
     model: Annotated[
@@ -72,6 +89,8 @@ def serve_model(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     served_name: Annotated[str, typer.Option(help="Model name in the API (what URL#name references).")] = "default",
+    api_key: ApiKey = None,
+    wedged_after_s: WedgedAfter = 600.0,
 ) -> None:
     """Serve a model as an OpenAI-compatible /v1/completions endpoint (transformers backend)."""
     import uvicorn
@@ -80,9 +99,11 @@ def serve_model(
     from tasks.serving.completions import serve_app
 
     path = _local_model(ctx, model)
-    console.print(f"serving {path} as '{served_name}' on http://{host}:{port}/v1 (reference: "
-                  f"http://{host}:{port}/v1#{served_name})", markup=False, highlight=False)  # fmt: skip
-    uvicorn.run(serve_app(TransformersBackend(path), served_name), host=host, port=port, log_level="warning")
+    reference = f"http://{host}:{port}/v1#{served_name}"
+    note = f"serving {path} as '{served_name}' on http://{host}:{port}/v1 (reference: {reference}){_auth_note(api_key)}"
+    console.print(note, markup=False, highlight=False)
+    app = serve_app(TransformersBackend(path), served_name, api_key, wedged_after_s)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 def serve_rm(
@@ -90,6 +111,8 @@ def serve_rm(
     model: Annotated[str, typer.Option("--model", "-m", help="Reward model: a model_id, models/<name> or path.")],
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8001,
+    api_key: ApiKey = None,
+    wedged_after_s: WedgedAfter = 600.0,
 ) -> None:
     """Serve a reward model: POST /score {"trajectory": ...} -> {"score": ...}, and GET /health."""
     import uvicorn
@@ -99,5 +122,6 @@ def serve_rm(
 
     path = _local_model(ctx, model)
     system = Prompts.from_config(config_of(ctx)).system
-    console.print(f"serving reward model {path} on http://{host}:{port}/score")
-    uvicorn.run(serve_app(RewardScorer(path, system), model), host=host, port=port, log_level="warning")
+    console.print(f"serving reward model {path} on http://{host}:{port}/score{_auth_note(api_key)}")
+    app = serve_app(RewardScorer(path, system), model, api_key, wedged_after_s)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -76,7 +76,9 @@ def tools_exec(
 
 @app.command("doctor")
 def tools_doctor(ctx: typer.Context) -> None:
-    """Probe which sandbox isolation tiers this host supports, and which one the config gets."""
+    """Probe which sandbox isolation tiers this host supports, what each protects, and which one the config gets."""
+    from schemas.config import PROJECT_ROOT
+    from tools_sandbox.doctor import protections
     from tools_sandbox.isolation import IsolationUnavailable, probe_tiers, resolve
 
     config = config_of(ctx)
@@ -84,6 +86,13 @@ def tools_doctor(ctx: typer.Context) -> None:
     for check in probe_tiers():
         table.add_row(check.tier, "yes" if check.available else "no", check.reason)
     console.print(table)
+    data_dir = Path(config.runtime.data_dir)
+    guarded = Table("tier", "what", "how it is guarded here")
+    for check in probe_tiers():
+        if check.available:
+            for what, how in protections(check.tier, [data_dir, data_dir / "lake", PROJECT_ROOT]):
+                guarded.add_row(check.tier, what, how)
+    console.print(guarded)
     requested = config.tools.python.tier
     try:
         isolation = resolve(requested)

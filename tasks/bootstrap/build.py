@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from schemas.config import private_dir
 from tasks.bootstrap import synth
 from tasks.core.models import bootstrap_dir
 from tasks.core.prompts import load_prompt, repair_prompt
@@ -314,6 +315,7 @@ def bootstrap(
     import torch
 
     size = BootstrapSize.named(size_name)
+    private_dir(data_dir)
     final = bootstrap_dir(data_dir, size_name, seed)
     manifest = final / "bootstrap.json"
     if manifest.exists() and not force:

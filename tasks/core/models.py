@@ -25,6 +25,11 @@ BOOTSTRAP_FORMAT = 3  # bumped when the bootstrap build changes shape; old build
 ROLES = {"teacher": "teacher", "policy": "teacher", "repairer": "repairer"}  # role -> bootstrap model
 Kind = Literal["role", "registered", "path", "served", "endpoint"]
 
+# Bearer keys for served models: OPENAI_API_KEY for OpenAI-compatible servers (vLLM's --api-key),
+# AUTOTRAJ_API_KEY for `autotraj serve-model` / `serve-rm`. Read from the environment, never stored.
+API_KEY_ENV = "AUTOTRAJ_API_KEY"
+SERVED_KEY_ENVS = ("OPENAI_API_KEY", API_KEY_ENV)
+
 
 def bootstrap_dir(data_dir: str | Path, size: str = "full", seed: int = 0) -> Path:
     """Where a bootstrap build (tokenizer, teacher, repairer) lives in the data directory."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from tasks.core.models import SERVED_KEY_ENVS
+
 
 def ensure_ray(address: str | None = None) -> None:
     """Connect to the cluster at `address` / RAY_ADDRESS, or start a private local Ray once per process.
@@ -35,12 +37,15 @@ def generation_actor_options(actors: int) -> dict[str, Any]:
     cluster's nodes either way.
 
     Fractional: two 1-CPU actors on a 2-CPU machine can hang waiting for each other's resources.
+    The driver's served-model keys go with them: a Ray that was started earlier has not seen them.
     """
     import ray
 
+    keys = {name: os.environ[name] for name in SERVED_KEY_ENVS if os.environ.get(name)}
+    options: dict[str, Any] = {"runtime_env": {"env_vars": keys}} if keys else {}
     if ray.cluster_resources().get("GPU", 0) >= actors:
-        return {"num_gpus": 1, "scheduling_strategy": "SPREAD"}
-    return {"num_cpus": 0.5, "scheduling_strategy": "SPREAD"}
+        return options | {"num_gpus": 1, "scheduling_strategy": "SPREAD"}
+    return options | {"num_cpus": 0.5, "scheduling_strategy": "SPREAD"}
 
 
 def root_cause(error: BaseException) -> BaseException:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -23,7 +24,7 @@ from typing import Any, Literal, Protocol
 import httpx
 
 from tasks.core.hashing import stable_int
-from tasks.core.models import ModelRef
+from tasks.core.models import SERVED_KEY_ENVS, ModelRef
 from tools_sandbox.http_retry import post_json, retryable
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     logprobs: bool = False
+    min_new_tokens: int = 0  # EOS and stop strings do not end a turn before this many tokens
 
 
 @dataclass
@@ -132,6 +134,9 @@ class TransformersBackend:
         self.batch_size = batch_size
         self._kept: dict[Hashable, tuple[_KeptBatch, int]] = {}
         self.continued_rows = 0  # contexts that went on from a kept KV cache
+        # Set by the completions server for the request it runs: generation stops at the next token
+        # once the event is set (its client has gone).
+        self.cancel: threading.Event | None = None
 
     def _single_token(self, text: str) -> int | None:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
@@ -230,6 +235,9 @@ class TransformersBackend:
         stopping = (
             {"eos_token_id": [eos, *stop_ids]} if by_id else {"eos_token_id": eos, "stop_strings": list(stop) or None}
         )
+        extra: dict[str, Any] = {"min_new_tokens": params.min_new_tokens} if params.min_new_tokens else {}
+        if self.cancel is not None:
+            extra["stopping_criteria"] = [_stop_when_set(self.cancel)]
         with torch.inference_mode():
             output = self.model.generate(
                 input_ids=input_ids,
@@ -242,6 +250,7 @@ class TransformersBackend:
                 return_dict_in_generate=True,
                 output_logits=params.logprobs,
                 **(sampling if params.temperature > 0 else {"do_sample": False}),
+                **extra,
             )
         new_tokens = output.sequences[:, width:].tolist()
         stop_set = {token for token in stop_ids if token is not None} if by_id else set()
@@ -305,8 +314,9 @@ class _KeptBatch:
         return input_ids, attention, self.cache
 
 
-def _auth_headers(api_key: str | None = None) -> dict[str, str]:
-    key = api_key or os.environ.get("OPENAI_API_KEY")
+def auth_headers(api_key: str | None = None, envs: Sequence[str] = SERVED_KEY_ENVS) -> dict[str, str]:
+    """The bearer header for a served model: the key given, else the first of `envs` that is set."""
+    key = api_key or next((os.environ[env] for env in envs if os.environ.get(env)), None)
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
@@ -315,7 +325,7 @@ def probe_served(model: ModelRef, timeout_s: float = 3.0) -> str | None:
     name), or None when GET /v1/models lists it. Loads nothing."""
     url = f"{model.url}/models"
     try:
-        response = httpx.get(url, timeout=timeout_s, headers=_auth_headers())
+        response = httpx.get(url, timeout=timeout_s, headers=auth_headers())
         response.raise_for_status()
         served = [entry.get("id") for entry in response.json().get("data", [])]
     except (httpx.HTTPError, ValueError, AttributeError) as exc:
@@ -344,7 +354,7 @@ class OpenAIBackend:
         self.tokenizer = load_tokenizer(tokenizer_path)
         self.concurrency = concurrency
         self.attempts = attempts
-        self.client = httpx.Client(timeout=httpx.Timeout(timeout_s), headers=_auth_headers(api_key))
+        self.client = httpx.Client(timeout=httpx.Timeout(timeout_s), headers=auth_headers(api_key))
         self.failed_requests = 0
 
     def generate(
@@ -461,6 +471,18 @@ class VLLMBackend:
                 generation.logprobs = [step[i].logprob for step, i in zip(completion.logprobs, ids, strict=False)]
             results.append(generation)
         return results
+
+
+def _stop_when_set(event: threading.Event) -> Any:
+    """A transformers stopping criterion that ends every row once `event` is set."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class StopWhenSet(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **_kwargs: Any) -> Any:
+            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return StopWhenSet()
 
 
 def _seeded(params: SamplingParams, seeds: Sequence[int] | None, indices: Sequence[int]) -> SamplingParams:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from schemas.config import PipelineConfig
 from tasks.core.tir import ToolCall
-from tools_sandbox.executor import PythonSession, SandboxPool
+from tools_sandbox.executor import ExecResult, PythonSession, SandboxPool
 from tools_sandbox.results import format_result
 from tools_sandbox.search import Searcher, SearchError
 
@@ -22,6 +22,7 @@ class Caller(Protocol):
     """What makes a tool call: a trajectory, which keeps its Python session between calls."""
 
     session: PythonSession | None
+
 
 SEARCH_TASKS = frozenset({"qa"})  # the query tasks whose questions need the search tool
 
@@ -57,10 +58,13 @@ class ToolRunner:
             if self.pool is None:
                 return lambda: "Error: the Python tool is not available"
             session = trajectory.session = trajectory.session or PythonSession(self.pool)
-            future = self.pool.submit(session.request(call.argument))
+            future = self.pool.submit(session.request(call.argument), owner=session)
 
             def python_result() -> str:
-                result = future.result()
+                try:
+                    result = future.result()
+                except Exception as exc:  # the pool could not serve: this call fails, the batch goes on
+                    result = ExecResult(error=f"SandboxError: {exc}", error_type="SandboxError")
                 session.record(call.argument, result)
                 return format_result(result, self.max_result_chars)
 

@@ -2,8 +2,10 @@
 
 For CPU users without vLLM, and for testing the HTTP backend against a real server on 127.0.0.1.
 Speaks the subset the engine uses: POST /v1/completions with a text or token-id prompt, `stop`,
-`max_tokens`, `temperature`, `top_p`, `seed`, `logprobs`; replies carry vLLM's extensions
-`stop_reason` and `token_ids`. Requests are served one at a time: one CPU model, no contention.
+`max_tokens`, `min_tokens`, `temperature`, `top_p`, `seed`, `logprobs`; replies carry vLLM's
+extensions `stop_reason` and `token_ids`. Requests are served one at a time: one CPU model, no
+contention. Invalid parameters are 4xx answers (422 malformed, 400 out of the model's bounds, 404
+another model's name), never 500s.
 """
 
 from __future__ import annotations
@@ -13,51 +15,92 @@ import time
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, Field
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from tasks.generation.llm import SamplingParams, TransformersBackend
+from tasks.generation.llm import Generation, SamplingParams, TransformersBackend
+from tasks.serving.guard import (
+    BYTES_PER_TOKEN,
+    MIN_BODY_BYTES,
+    ModelWorker,
+    RequestGuard,
+    answer_invalid_requests,
+    run_cancellable,
+)
+
+SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.manual_seed takes
 
 
 class CompletionRequest(BaseModel):
-    """Body of POST /v1/completions."""
+    """Body of POST /v1/completions; bounds that depend on the model are checked against it."""
 
     model: str = "default"
     prompt: str | list[int]
-    max_tokens: int = Field(16, ge=1, le=32768)
-    temperature: float = Field(1.0, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    logprobs: int | None = None
+    max_tokens: int = Field(16, ge=1)
+    min_tokens: int = Field(0, ge=0, description="vLLM's extension: no EOS or stop before this many tokens")
+    temperature: float = Field(1.0, ge=0.0, le=100.0, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
+    stop: str | list[str] | None = Field(None, max_length=32)
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
+    logprobs: int | None = Field(None, ge=0, le=20)
     include_stop_str_in_output: bool = False
     return_token_ids: bool = False
 
+    @field_validator("prompt")
+    @classmethod
+    def _not_empty(cls, prompt: str | list[int]) -> str | list[int]:
+        if not prompt:
+            raise ValueError("the prompt is empty")
+        return prompt
 
-def serve_app(backend: TransformersBackend, served_name: str):  # -> fastapi.FastAPI, imported lazily
-    """A FastAPI app exposing `backend` as /v1/completions, /v1/models and /health."""
-    from fastapi import FastAPI, HTTPException
+    @model_validator(mode="after")
+    def _min_within_max(self) -> CompletionRequest:
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) exceeds max_tokens ({self.max_tokens})")
+        return self
 
-    context_length = getattr(backend.model.config, "max_position_embeddings", None)
+
+def serve_app(
+    backend: TransformersBackend,
+    served_name: str,
+    api_key: str | None = None,
+    wedged_after_s: float = 600.0,
+) -> RequestGuard:
+    """A FastAPI app exposing `backend` as /v1/completions, /v1/models and /health.
+
+    Requests are bounded by the model's context (prompt plus max_tokens, and the body size), run
+    one at a time, and stop generating when their client disconnects. With `api_key`, every path
+    but /health needs `Authorization: Bearer <key>`.
+    """
+    context_length: int = getattr(backend.model.config, "max_position_embeddings", None) or 32768
+    vocabulary = len(backend.tokenizer)
     app = FastAPI(title="AutoTraj model server", description="OpenAI-compatible completions (transformers)")
-    lock = threading.Lock()
+    answer_invalid_requests(app)
+    worker = ModelWorker(wedged_after_s)
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
-        return {"status": "ok", "model": served_name}
+    def health() -> JSONResponse:
+        status, body = worker.health()
+        return JSONResponse({**body, "model": served_name}, status_code=status)
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": served_name, "object": "model", "owned_by": "autotraj"}]}
 
+    def prompt_ids(request: CompletionRequest) -> list[int]:
+        if request.model != served_name:
+            raise HTTPException(status_code=404, detail=f"The model `{request.model}` does not exist.")
+        if isinstance(request.prompt, str):
+            return backend.tokenizer.encode(request.prompt, add_special_tokens=False)
+        if not all(0 <= token < vocabulary for token in request.prompt):
+            raise HTTPException(status_code=400, detail=f"prompt token ids must lie in [0, {vocabulary})")
+        return request.prompt
+
     @app.post("/v1/completions")
-    def completions(request: CompletionRequest) -> dict[str, Any]:
-        tokenizer = backend.tokenizer
-        ids = (
-            request.prompt
-            if isinstance(request.prompt, list)
-            else tokenizer.encode(request.prompt, add_special_tokens=False)
-        )
-        if context_length is not None and len(ids) + request.max_tokens > context_length:
+    async def completions(request: CompletionRequest, raw: Request) -> dict[str, Any]:
+        ids = prompt_ids(request)
+        if len(ids) + request.max_tokens > context_length:
             # As vLLM answers: a request that cannot fit is the client's error, not worth a retry.
             raise HTTPException(
                 status_code=400,
@@ -67,13 +110,27 @@ def serve_app(backend: TransformersBackend, served_name: str):  # -> fastapi.Fas
         stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
         params = SamplingParams(
             max_new_tokens=request.max_tokens,
+            min_new_tokens=request.min_tokens,
             temperature=request.temperature,
             top_p=request.top_p,
             seed=request.seed,
             logprobs=request.logprobs is not None,
         )
-        with lock:
-            generation = backend.generate([ids], stop, params)[0]
+
+        def generate(cancel: threading.Event) -> Generation | None:
+            with worker.hold():
+                if cancel.is_set():  # its client left while it waited
+                    return None
+                backend.cancel = cancel
+                try:
+                    return backend.generate([ids], stop, params)[0]
+                finally:
+                    backend.cancel = None
+
+        generation = await run_cancellable(raw, generate)
+        if generation is None:  # nobody reads this reply; 499 is what proxies log for it
+            worker.cancelled += 1
+            raise HTTPException(status_code=499, detail="the client closed the request")
         text = generation.text
         if generation.stop and not request.include_stop_str_in_output:
             text = text[: text.rfind(generation.stop)]
@@ -99,4 +156,4 @@ def serve_app(backend: TransformersBackend, served_name: str):  # -> fastapi.Fas
             },
         }
 
-    return app
+    return RequestGuard(app, api_key, max(MIN_BODY_BYTES, context_length * BYTES_PER_TOKEN))

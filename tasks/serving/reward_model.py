@@ -13,7 +13,6 @@ exactly as the RM was trained. A scoring failure is an HTTP error with its reaso
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +20,10 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, model_validator
 
+from tasks.core.models import API_KEY_ENV
 from tasks.core.prompts import Prompts, encode_prompt
+from tasks.generation.llm import auth_headers
+from tasks.serving.guard import BYTES_PER_TOKEN, MIN_BODY_BYTES, ModelWorker, RequestGuard, answer_invalid_requests
 from tasks.training.features import score_sequences
 
 
@@ -136,7 +138,7 @@ class HttpRewardModel:
         import httpx
 
         self.name = url.rstrip("/")
-        self.client = httpx.Client(timeout=timeout_s)
+        self.client = httpx.Client(timeout=timeout_s, headers=auth_headers(envs=(API_KEY_ENV,)))
         self.concurrency = concurrency
 
     def check(self) -> None:
@@ -188,30 +190,53 @@ class ScoreRequest(BaseModel):
         return self
 
 
-def serve_app(scorer: RewardScorer, served_name: str):  # -> fastapi.FastAPI, imported lazily
-    """A FastAPI app exposing the scorer as POST /score and GET /health."""
-    from fastapi import FastAPI, HTTPException
+def serve_app(
+    scorer: RewardScorer, served_name: str, api_key: str | None = None, wedged_after_s: float = 600.0
+) -> RequestGuard:
+    """A FastAPI app exposing the scorer as POST /score and GET /health.
 
+    A trajectory longer than the model's context is a 400 (the body is bounded by it too), requests
+    score one at a time, and /health answers 503 when the model fails or one request has held it
+    longer than `wedged_after_s`. With `api_key`, /score needs `Authorization: Bearer <key>`.
+    """
+    from fastapi import FastAPI, HTTPException
+    from fastapi.responses import JSONResponse
+
+    config = getattr(getattr(scorer, "model", None), "config", None)
+    context_length: int = getattr(config, "max_position_embeddings", None) or 32768
     app = FastAPI(title="AutoTraj reward model", description="POST /score {trajectory} -> {score}")
-    lock = threading.Lock()
+    answer_invalid_requests(app)
+    worker = ModelWorker(wedged_after_s)
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
-        try:
-            with lock:
-                scorer.health()
-        except Exception as exc:  # the model cannot score: say so, so callers stop before training
-            raise HTTPException(status_code=503, detail=f"unhealthy: {type(exc).__name__}: {exc}") from exc
-        return {"status": "ok", "model": served_name}
+    def health() -> JSONResponse:
+        status, body = worker.health()
+        if status == 200 and not body["busy_s"]:  # idle: prove the model still scores
+            try:
+                with worker.hold():
+                    scorer.health()
+            except Exception as exc:  # the model cannot score: say so, so callers stop before training
+                status, body = 503, {"status": "unhealthy", "detail": f"unhealthy: {type(exc).__name__}: {exc}"}
+        return JSONResponse({**body, "model": served_name}, status_code=status)
 
     @app.post("/score")
     def score(request: ScoreRequest) -> dict[str, Any]:
         text = request.trajectory if request.trajectory is not None else request.response
+        prompt = request.prompt if request.trajectory is None else None
         try:
-            with lock:
-                value = scorer.score([(request.prompt if request.trajectory is None else None, text or "")])[0]
+            ids = scorer.encode(prompt, text or "")
+        except Exception as exc:
+            raise HTTPException(status_code=500, detail=f"scoring failed: {type(exc).__name__}: {exc}") from exc
+        if not ids or len(ids) > context_length:
+            raise HTTPException(
+                status_code=400,
+                detail=f"the trajectory has {len(ids)} tokens; this reward model scores 1 to {context_length}",
+            )
+        try:
+            with worker.hold():
+                value = scorer.score_ids([ids])[0]
         except Exception as exc:  # surface the failure; a silent 0.0 would be read as a real score
             raise HTTPException(status_code=500, detail=f"scoring failed: {type(exc).__name__}: {exc}") from exc
         return {"score": value, "model": served_name}
 
-    return app
+    return RequestGuard(app, api_key, max(MIN_BODY_BYTES, context_length * BYTES_PER_TOKEN))
