@@ -211,8 +211,12 @@ def test_writes_outside_the_work_dir_do_not_persist(pool: SandboxPool, tmp_path:
         assert not Path(target).exists(), target
     if pool.isolation.tier == "standard":  # host paths; in strict they live in the sandbox's own /tmp
         assert not Path(result.stdout.splitlines()[-1]).exists()
-        # Only the next snippet's fresh work dir, made ahead, is left in each server's work root.
-        assert all(len(os.listdir(w.spec.work_root)) == 1 for w in pool._workers)
+        # Only the next snippet's fresh work dir, made ahead, is left in each server's work root (the
+        # server makes it after replying: wait for it, boundedly).
+        deadline = time.monotonic() + 10
+        while (counts := [len(os.listdir(w.spec.work_root)) for w in pool._workers]) != [1] * pool.size:
+            assert time.monotonic() < deadline and max(counts) <= 1, counts
+            time.sleep(0.05)
     assert pool.run("import os\nprint(os.listdir('.'))").stdout == "[]\n"  # next snippet starts empty
 
 
@@ -384,3 +388,6 @@ def test_cli_exec_and_doctor(cli, home: Path) -> None:
     for tier in ("strict", "standard", "none"):
         assert tier in doctor.output
     assert f"isolation tier '{SAFE_TIERS[0]}'" in doctor.output
+    # What each available tier guards here, the data directory's exposure included.
+    for what in ("files", "data dir, lake, checkout", "sockets, signals", "shared writable dirs", "memory across"):
+        assert doctor.output.count(what) >= len(SAFE_TIERS), what
