@@ -15,19 +15,12 @@ import time
 import uuid
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from tasks.generation.llm import Generation, SamplingParams, TransformersBackend
-from tasks.serving.guard import (
-    BYTES_PER_TOKEN,
-    MIN_BODY_BYTES,
-    ModelWorker,
-    RequestGuard,
-    answer_invalid_requests,
-    run_cancellable,
-)
+from tasks.serving.guard import ModelWorker, RequestGuard, context_length, guarded, model_app, run_cancellable
 
 SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.manual_seed takes
 
@@ -73,10 +66,9 @@ def serve_app(
     one at a time, and stop generating when their client disconnects. With `api_key`, every path
     but /health needs `Authorization: Bearer <key>`.
     """
-    context_length: int = getattr(backend.model.config, "max_position_embeddings", None) or 32768
+    context = context_length(backend.model)
     vocabulary = len(backend.tokenizer)
-    app = FastAPI(title="AutoTraj model server", description="OpenAI-compatible completions (transformers)")
-    answer_invalid_requests(app)
+    app = model_app("AutoTraj model server", "OpenAI-compatible completions (transformers)")
     worker = ModelWorker(wedged_after_s)
 
     @app.get("/health")
@@ -100,11 +92,11 @@ def serve_app(
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest, raw: Request) -> dict[str, Any]:
         ids = prompt_ids(request)
-        if len(ids) + request.max_tokens > context_length:
+        if len(ids) + request.max_tokens > context:
             # As vLLM answers: a request that cannot fit is the client's error, not worth a retry.
             raise HTTPException(
                 status_code=400,
-                detail=f"This model's maximum context length is {context_length} tokens; the request has "
+                detail=f"This model's maximum context length is {context} tokens; the request has "
                 f"{len(ids)} prompt tokens and asks for {request.max_tokens} more",
             )
         stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
@@ -156,4 +148,4 @@ def serve_app(
             },
         }
 
-    return RequestGuard(app, api_key, max(MIN_BODY_BYTES, context_length * BYTES_PER_TOKEN))
+    return guarded(app, api_key, context)

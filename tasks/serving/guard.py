@@ -70,17 +70,31 @@ class RequestGuard:
             await _reply(scope, receive, send, 413, f"request body over {self.max_body_bytes} bytes")
 
 
-def answer_invalid_requests(app: Any) -> None:
-    """422 for a malformed body, without echoing its input: a NaN or a huge prompt must not make the
-    error reply itself fail (FastAPI's default handler would answer 500 for a NaN)."""
+def context_length(model: Any) -> int:
+    """A model's context in tokens: its config's max_position_embeddings (32,768 when it names none)."""
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None) or 32768
+
+
+def model_app(title: str, description: str) -> Any:  # -> FastAPI, imported lazily
+    """A FastAPI app that answers a malformed body 422 without echoing its input: a NaN or a huge
+    prompt must not make the error reply itself fail (FastAPI's default handler answers 500 for a NaN)."""
+    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from starlette.responses import JSONResponse
+
+    app = FastAPI(title=title, description=description)
 
     async def invalid(_request: Any, exc: RequestValidationError) -> JSONResponse:
         errors = [{"loc": list(error["loc"]), "msg": error["msg"]} for error in exc.errors()]
         return JSONResponse({"detail": errors}, status_code=422)
 
     app.add_exception_handler(RequestValidationError, invalid)
+    return app
+
+
+def guarded(app: Any, api_key: str | None, context_tokens: int) -> RequestGuard:
+    """The app behind the key and a body bound sized for a full context."""
+    return RequestGuard(app, api_key, max(MIN_BODY_BYTES, context_tokens * BYTES_PER_TOKEN))
 
 
 class ModelWorker:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, model_validator
 from tasks.core.models import API_KEY_ENV
 from tasks.core.prompts import Prompts, encode_prompt
 from tasks.generation.llm import auth_headers
-from tasks.serving.guard import BYTES_PER_TOKEN, MIN_BODY_BYTES, ModelWorker, RequestGuard, answer_invalid_requests
+from tasks.serving.guard import ModelWorker, RequestGuard, context_length, guarded, model_app
 from tasks.training.features import score_sequences
 
 
@@ -199,13 +199,11 @@ def serve_app(
     score one at a time, and /health answers 503 when the model fails or one request has held it
     longer than `wedged_after_s`. With `api_key`, /score needs `Authorization: Bearer <key>`.
     """
-    from fastapi import FastAPI, HTTPException
+    from fastapi import HTTPException
     from fastapi.responses import JSONResponse
 
-    config = getattr(getattr(scorer, "model", None), "config", None)
-    context_length: int = getattr(config, "max_position_embeddings", None) or 32768
-    app = FastAPI(title="AutoTraj reward model", description="POST /score {trajectory} -> {score}")
-    answer_invalid_requests(app)
+    context = context_length(getattr(scorer, "model", None))
+    app = model_app("AutoTraj reward model", "POST /score {trajectory} -> {score}")
     worker = ModelWorker(wedged_after_s)
 
     @app.get("/health")
@@ -227,10 +225,10 @@ def serve_app(
             ids = scorer.encode(prompt, text or "")
         except Exception as exc:
             raise HTTPException(status_code=500, detail=f"scoring failed: {type(exc).__name__}: {exc}") from exc
-        if not ids or len(ids) > context_length:
+        if not ids or len(ids) > context:
             raise HTTPException(
                 status_code=400,
-                detail=f"the trajectory has {len(ids)} tokens; this reward model scores 1 to {context_length}",
+                detail=f"the trajectory has {len(ids)} tokens; this reward model scores 1 to {context}",
             )
         try:
             with worker.hold():
@@ -239,4 +237,4 @@ def serve_app(
             raise HTTPException(status_code=500, detail=f"scoring failed: {type(exc).__name__}: {exc}") from exc
         return {"score": value, "model": served_name}
 
-    return RequestGuard(app, api_key, max(MIN_BODY_BYTES, context_length * BYTES_PER_TOKEN))
+    return guarded(app, api_key, context)
