@@ -56,7 +56,7 @@ def _tokenized_pairs(context: StageContext, tokenizer: Any) -> list[dict]:
 def run(context: StageContext) -> StageResult:
     """Train the reward model on a preference_pairs version; register it as `models/<name>`."""
     import datasets
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, set_seed
     from trl import RewardConfig, RewardTrainer
 
     section = context.config.reward_model
@@ -80,6 +80,7 @@ def run(context: StageContext) -> StageResult:
         )
 
     model_id, out_dir = output_dir(context, "reward", "rm")
+    set_seed(section.seed)  # the score head is initialised here, before the trainer seeds anything
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id  # the classifier reads the last non-pad token
     peft_config = lora_config(section.method, section.lora_r, section.lora_alpha, "SEQ_CLS")
