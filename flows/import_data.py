@@ -17,16 +17,22 @@ def import_queries_flow(
     question_field: str = "question",
     answer_field: str = "answer",
     task: str = "math",
+    encoding: str = "utf-8",
+    max_question_chars: int = 20_000,
+    max_answer_chars: int = 1_000,
     profile: str = "cpu",
     overrides: list[str] | None = None,
 ) -> str | None:
     """Import `path` as the next version of queries/<name>; return the version id (None if unchanged)."""
     logger = get_run_logger()
     config = load_config(profile, overrides or [])
-    mapping = FieldMapping(question=question_field, answer=answer_field, default_task=task)
+    mapping = FieldMapping(question=question_field, answer=answer_field, default_task=task, encoding=encoding,
+                           max_question_chars=max_question_chars, max_answer_chars=max_answer_chars)  # fmt: skip
     report = import_queries(Lake.from_config(config.runtime), path, name, mapping)
     if report.already_imported is not None:
         logger.info("%s already imported as %s", path, report.already_imported.version_id)
+        if report.nothing_importable:
+            raise ValueError(f"nothing importable in {path} (see {report.already_imported.version_id})")
         return report.already_imported.version_id
     create_table_artifact(
         key=f"import-{name.lower().replace('_', '-')}",

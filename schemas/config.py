@@ -9,6 +9,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,9 +28,18 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are rejected, assignments are validated."""
+    """Base of every config section: unknown keys, values of the wrong type (a boolean for a number,
+    a number for a string), non-finite numbers and empty strings are rejected, assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        # An empty path would silently mean the current directory, an empty model a confusing lookup.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("is empty: leave the key out (or set it to null) for its default")
+        return value
 
 
 class RolloutConfig(Section):
@@ -45,6 +55,12 @@ class RolloutConfig(Section):
     max_turns: int = Field(10, ge=1)
     max_new_tokens_per_turn: int = Field(512, ge=1)
     max_total_tokens: int = Field(4096, ge=1)
+    max_prompt_tokens: int = Field(
+        8192,
+        ge=16,
+        description="longest prompt (system + user message; a repair's holds the bad trajectory) a "
+        "trajectory starts from; a longer one is not generated but rejected with its reason",
+    )
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     batch_size: int = Field(
@@ -226,11 +242,28 @@ def _default_data_dir() -> str:
     return os.environ.get("AUTOTRAJ_HOME", "./.autotraj")
 
 
+class RequestsConfig(Section):
+    """Requests to served models (the completions backend): timeout, retries, and a deadline per stage run."""
+
+    timeout_s: float = Field(300.0, gt=0.0, description="longest one request may take")
+    attempts: int = Field(
+        4, ge=1, description="tries per request; transport errors, timeouts, 429, 5xx and malformed bodies are retried"
+    )
+    backoff_s: float = Field(0.5, ge=0.0, description="first wait between tries; it doubles each time")
+    max_backoff_s: float = Field(8.0, ge=0.0, description="longest wait between tries")
+    stage_deadline_s: float | None = Field(
+        None,
+        gt=0.0,
+        description="a generating stage run starts no request after this many seconds; what is "
+        "unfinished is errored, and the next run retries it (None = no deadline)",
+    )
+
+
 class RuntimeConfig(Section):
     """Where data lives and which services the pipeline talks to."""
 
     data_dir: str = Field(default_factory=_default_data_dir, validate_default=True, description="AUTOTRAJ_HOME")
-    ray_address: str | None = Field(default_factory=lambda: os.environ.get("RAY_ADDRESS"))
+    ray_address: str | None = Field(default_factory=lambda: os.environ.get("RAY_ADDRESS") or None)
     lake_catalog_url: str | None = Field(
         None, description="None = SQLite catalog in the data dir; 'postgres:dbname=… host=…' for clusters"
     )
@@ -278,6 +311,7 @@ class PipelineConfig(Section):
     grpo: GrpoConfig = Field(default_factory=GrpoConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     tools: ToolsConfig = Field(default_factory=ToolsConfig)
+    requests: RequestsConfig = Field(default_factory=RequestsConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @model_validator(mode="after")
@@ -312,13 +346,31 @@ def profile_path(profile: str | os.PathLike[str]) -> Path:
     return named
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading `1e-5` as a number as YAML 1.2 does (1.1 wants `1.0e-5`)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+"
+        r"|[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)  # a SafeLoader subclass: no arbitrary objects
+
+
 def parse_override(override: str) -> tuple[list[str], Any]:
     """Split `a.b.c=value` into its key path and a YAML-parsed value."""
     key, sep, raw = override.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {override!r} must look like key.path=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {override!r}: value is not valid YAML ({exc})") from exc
     return key.strip().split("."), value
@@ -364,7 +416,7 @@ def load_config(
     """Load a profile from deployments/ (or a YAML path) and apply `key=value` overrides."""
     path = profile_path(profile)
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = _yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(tree, dict):

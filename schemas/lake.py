@@ -76,6 +76,12 @@ class VersionInfo:
     row_count: int
     code_version: str | None
     created_at: datetime
+    errored_rows: int | None = None  # rows that failed and are retried by a re-run (None: not recorded)
+
+    @property
+    def complete(self) -> bool:
+        """Whether none of its rows failed (a re-run of the same stage may return it as it is)."""
+        return not self.errored_rows
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> VersionInfo:
@@ -151,6 +157,7 @@ class _PendingWrite:
     dataset: str
     data: pa.Table
     expect: str | None  # the version id it builds on (None: no version yet), or ANY
+    errored: int = 0  # rows that failed (the version is incomplete)
 
 
 class WriteBatch:
@@ -161,19 +168,25 @@ class WriteBatch:
         self.committed: list[VersionInfo] = []
 
     def write(
-        self, table: str, dataset: str, data: pa.Table | Iterable[Mapping[str, Any]], expect: str | None = ANY
+        self,
+        table: str,
+        dataset: str,
+        data: pa.Table | Iterable[Mapping[str, Any]],
+        expect: str | None = ANY,
+        errored: int = 0,
     ) -> None:
         """Validate rows now and stage them as the next version of `table/dataset`.
 
         `expect`: the version id these rows build on (None: the dataset has no version yet). The
         commit checks it inside its transaction and raises StaleVersion when another writer got there
-        first, so a read-modify-write never loses the other writer's rows.
+        first, so a read-modify-write never loses the other writer's rows. `errored`: how many of
+        the rows failed (recorded in `runs.errored_rows`; the version is then incomplete).
         """
         if table not in VERSIONED_TABLES:
             raise LakeError(f"cannot write table {table!r}; versioned tables: {', '.join(VERSIONED_TABLES)}")
         if not DATASET_NAME.match(dataset):
             raise LakeError(f"dataset name {dataset!r} must match {DATASET_NAME.pattern}")
-        self.pending.append(_PendingWrite(table, dataset, validate(table, data), expect))
+        self.pending.append(_PendingWrite(table, dataset, validate(table, data), expect, errored))
 
 
 class Lake:
@@ -287,11 +300,16 @@ class Lake:
             batch.committed.extend(self._commit(batch.pending, lineage))
 
     def write(
-        self, table: str, dataset: str, data: pa.Table | Iterable[Mapping[str, Any]], lineage: Lineage
+        self,
+        table: str,
+        dataset: str,
+        data: pa.Table | Iterable[Mapping[str, Any]],
+        lineage: Lineage,
+        errored: int = 0,
     ) -> VersionInfo:
-        """Write one new version of `table/dataset` with its lineage; return its record."""
+        """Write one new version of `table/dataset` with its lineage (and how many of its rows failed)."""
         with self.transaction(lineage) as batch:
-            batch.write(table, dataset, data)
+            batch.write(table, dataset, data, errored=errored)
         return batch.committed[0]
 
     def commit_stage(
@@ -300,12 +318,14 @@ class Lake:
         outputs: Mapping[str, pa.Table | Iterable[Mapping[str, Any]]],
         lineage: Lineage,
         metrics: Mapping[str, Any],
+        errored: int = 0,
     ) -> dict[str, VersionInfo]:
         """A stage's outputs (table → rows) and its metrics (`stage_reports/<dataset>`), in one commit.
 
-        When every output's latest version already came from the same config, inputs and code,
-        nothing is written and those versions are returned: a re-run, a retry, or the same stage
-        committing concurrently elsewhere never duplicates rows.
+        When every output's latest version already came from the same config, inputs and code and is
+        complete, nothing is written and those versions are returned: a re-run, a retry, or the same
+        stage committing concurrently elsewhere never duplicates rows. `errored`: the outputs' rows
+        that failed; such a version is replaced by the next run's.
         """
         tables = {table: validate(table, rows) for table, rows in outputs.items()}
         reports = [
@@ -314,12 +334,13 @@ class Lake:
         ]
         for _ in range(STALE_ATTEMPTS):
             latest = {table: next(iter(self.versions(table, dataset)[-1:]), None) for table in tables}
-            if all(info is not None and _same_lineage(info, lineage) for info in latest.values()):
+            if all(info is not None and _reusable(info, lineage) for info in latest.values()):
                 return latest  # type: ignore[return-value]
             try:
                 with self.transaction(lineage) as batch:
                     for table, data in tables.items():
-                        batch.write(table, dataset, data, expect=latest[table].version_id if latest[table] else None)
+                        expect = latest[table].version_id if latest[table] else None
+                        batch.write(table, dataset, data, expect=expect, errored=errored)
                     batch.write("stage_reports", dataset, reports)
             except StaleVersion:
                 continue  # another writer committed this dataset meanwhile: look again
@@ -400,6 +421,7 @@ class Lake:
                     row_count=write.data.num_rows,
                     code_version=code_version(),
                     created_at=datetime.now(UTC),
+                    errored_rows=write.errored,
                 )
                 record = {name: getattr(info, name) for name in SCHEMAS[LINEAGE_TABLE].names}
                 record["input_versions"] = list(info.input_versions)
@@ -430,13 +452,15 @@ class Lake:
         return [VersionInfo.from_row(row) for row in rows.to_pylist()]
 
     def latest_matching(self, table: str, dataset: str, lineage: Lineage) -> VersionInfo | None:
-        """The latest version of a dataset when it came from the same config and inputs as `lineage`.
+        """The latest version of a dataset when it came from the same config and inputs as `lineage`
+        and is complete.
 
         A stage that would write the same rows again returns this instead, so a re-run or retry
-        adds no version and no row. Another code version counts as another config.
+        adds no version and no row. Another code version counts as another config; a version with
+        errored rows is never returned (the re-run retries them and writes a new one).
         """
         versions = self.versions(table, dataset)
-        return versions[-1] if versions and _same_lineage(versions[-1], lineage) else None
+        return versions[-1] if versions and _reusable(versions[-1], lineage) else None
 
     def resolve(self, ref: str, table: str | None = None) -> VersionInfo:
         """Find a version from `table/dataset@N`, `table/dataset` (latest) or, given a table, `dataset[@N]`."""
@@ -516,9 +540,9 @@ class Lake:
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
 
-def _same_lineage(info: VersionInfo, lineage: Lineage) -> bool:
-    """Whether a version came from the same config, inputs and code as `lineage`."""
-    return (info.config_hash, info.input_versions, info.code_version) == (
+def _reusable(info: VersionInfo, lineage: Lineage) -> bool:
+    """Whether a version came from the same config, inputs and code as `lineage`, and is complete."""
+    return info.complete and (info.config_hash, info.input_versions, info.code_version) == (
         lineage.config_hash,
         tuple(lineage.input_versions),
         code_version(),

@@ -63,7 +63,8 @@ SCHEMAS: dict[str, pa.Schema] = {
             _field("prompt_token_ids", pa.list_(pa.int32())),
             _required("response", pa.string()),
             _required("segments", SEGMENTS),
-            _required("finish_reason", pa.string()),  # answer | eos | length | max_tool_calls | max_turns | error
+            # answer | eos | length | max_tool_calls | max_turns | rejected (input over its limit) | error
+            _required("finish_reason", pa.string()),
             _required("num_turns", pa.int32()),
             _required("num_tool_calls", pa.int32()),
             _required("prompt_tokens", pa.int32()),
@@ -211,6 +212,9 @@ SCHEMAS: dict[str, pa.Schema] = {
             _required("row_count", pa.int64()),
             _field("code_version", pa.string()),
             _required("created_at", TIMESTAMP),
+            # Rows that failed (errored generations): the version is incomplete, and a re-run of the
+            # same stage retries them instead of returning it. Null on versions written before it existed.
+            _field("errored_rows", pa.int64()),
         ]
     ),
 }

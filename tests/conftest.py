@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -51,6 +52,32 @@ def serve_in_thread(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def cli_server(*args: str, env: dict[str, str] | None = None, startup_s: float = 120) -> Iterator[str]:
+    """`python -m flows.cli <args> --port P` (a server command) on a free 127.0.0.1 port: its URL once
+    /health answers 200; stopped on exit."""
+    port = free_port()
+    command = [sys.executable, "-m", "flows.cli", *args, "--port", str(port)]
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + startup_s
+    try:
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{' '.join(args[:1])} did not start: {server.stderr.read() if server.stderr else ''}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 @pytest.fixture(scope="module", params=SAFE_TIERS)

@@ -107,6 +107,30 @@ def test_bad_values_and_malformed_overrides_are_errors() -> None:
         load_config("nope")
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("runtime.data_dir=", r"config key 'runtime\.data_dir'.*is empty"),  # not the current directory
+        ("rollout.model=' '", r"config key 'rollout\.model'.*is empty"),
+        ("rollout.n=true", r"config key 'rollout\.n'.*valid integer"),  # not 1
+        ("rollout.temperature=1e400", r"config key 'rollout\.temperature'.*finite"),  # read as inf
+        ("sft.learning_rate=abc", r"config key 'sft\.learning_rate'.*valid number"),
+        ("rollout.temperature=.nan", r"config key 'rollout\.temperature'.*finite"),
+        ("rollout.top_p=false", r"config key 'rollout\.top_p'.*valid number"),
+        ("tools.search.corpus=3", r"config key 'tools\.search\.corpus'.*valid string"),
+        ("requests.attempts=0", r"config key 'requests\.attempts'.*greater than or equal to 1"),
+    ],
+)
+def test_values_are_validated_for_meaning(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config("cpu", [override])
+
+
+def test_numbers_read_as_users_write_them() -> None:
+    config = load_config("cpu", ["sft.learning_rate=1e-5", "rollout.temperature=1", "rollout.n=8"])
+    assert (config.sft.learning_rate, config.rollout.temperature, config.rollout.n) == (1e-5, 1.0, 8)
+
+
 def test_data_dir_follows_autotraj_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AUTOTRAJ_HOME", str(tmp_path / "elsewhere"))
     assert load_config().runtime.data_dir == str(tmp_path / "elsewhere")

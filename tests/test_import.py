@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import os
+import threading
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,7 +31,7 @@ EXPECTED_REJECTIONS = {
     13: "duplicate_question",
     14: "duplicate_question",
     15: "invalid_task",
-    18: "wrong_type_answer",
+    18: "non_finite_answer",
     19: "empty_answer",
 }
 CLEAN = [
@@ -179,3 +182,123 @@ def test_gsm8k_test_imports_all_1319_queries(cli) -> None:
     assert result.exit_code == 0, result.output
     counted = cli("sql", "select count(*) AS n from queries", "--format", "json")
     assert json.loads(counted.stdout) == [{"n": 1319}]
+
+
+# -- bounded inputs: one bad row never sinks an import -------------------------------------------------
+
+VALID_ROWS = [{"question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(1, 4)]
+
+
+def _jsonl(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def _valid_lines() -> list[str]:
+    return [json.dumps(row) for row in VALID_ROWS]
+
+
+def _imported(lake: Lake, dataset: str) -> list[str]:
+    return [row["question"] for row in lake.read(f"queries/{dataset}").to_pylist()]
+
+
+def test_an_oversized_question_or_answer_is_rejected_alone(lake: Lake, tmp_path: Path) -> None:
+    huge = json.dumps({"question": "What is " + "1 + " * 2_500_000 + "1?", "answer": "2500001"})  # 10 MB
+    long_answer = json.dumps({"question": "Spell it.", "answer": "a" * 5000})
+    report = import_queries(lake, _jsonl(tmp_path / "big.jsonl", [huge, *_valid_lines(), long_answer]), "big")
+    assert (report.rows_read, report.imported) == (5, 3)
+    assert {r.row_number: r.reason for r in report.rejected} == {1: "question_too_long", 5: "answer_too_long"}
+    assert "10000010 characters; the limit is 20000" in report.rejected[0].detail
+    assert _imported(lake, "big") == [row["question"] for row in VALID_ROWS]
+    stored = lake.read("rejected_inputs/big").to_pylist()
+    assert len(stored[0]["raw"]) == 10_000  # what is kept of an oversized row is bounded too
+
+
+def test_deeply_nested_rows_are_rejected_alone(lake: Lake, tmp_path: Path) -> None:
+    beyond_the_parser = '{"question": "x", "answer": ' + "[" * 200_000 + "]" * 200_000 + "}"
+    deep = json.dumps({"question": "Deep?", "answer": "1", "meta": json.loads("[" * 40 + "]" * 40)})
+    report = import_queries(lake, _jsonl(tmp_path / "deep.jsonl", [*_valid_lines(), beyond_the_parser, deep]), "deep")
+    assert report.imported == 3
+    assert {r.row_number: r.reason for r in report.rejected} == {4: "too_deeply_nested", 5: "too_deeply_nested"}
+    assert _imported(lake, "deep") == [row["question"] for row in VALID_ROWS]
+
+
+def test_only_regular_files_are_read(lake: Lake, tmp_path: Path) -> None:
+    fifo = tmp_path / "queries.jsonl"
+    os.mkfifo(fifo)
+    outcome: list[BaseException] = []
+    reader = threading.Thread(target=lambda: _capture(outcome, lambda: import_queries(lake, fifo, "fifo")))
+    reader.start()
+    reader.join(timeout=20)
+    if reader.is_alive():  # unblock the reader before failing, so the suite goes on
+        with open(fifo, "w"):
+            pass
+        pytest.fail("importing a FIFO hangs")
+    assert len(outcome) == 1 and isinstance(outcome[0], ImportFormatError)
+    assert str(outcome[0]) == f"{fifo}: not a regular file (a FIFO); import reads files and dataset directories"
+    with pytest.raises(ImportFormatError, match=r"/dev/null: not a regular file \(a device\)"):
+        import_queries(lake, Path("/dev/null"), "device")
+
+
+def _capture(into: list[BaseException], call) -> None:
+    try:
+        call()
+    except BaseException as exc:  # handed to the test's thread
+        into.append(exc)
+
+
+def test_a_bom_is_stripped(lake: Lake, tmp_path: Path) -> None:
+    with_bom = tmp_path / "bom.csv"
+    with_bom.write_bytes(b"\xef\xbb\xbf" + b"question,answer\r\n" + b"".join(
+        f"{row['question']},{row['answer']}\r\n".encode() for row in VALID_ROWS))  # fmt: skip
+    report = import_queries(lake, with_bom, "bom")
+    assert (report.imported, report.rejected) == (3, [])
+    jsonl = tmp_path / "bom.jsonl"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + "\n".join(_valid_lines()).encode())
+    assert import_queries(lake, jsonl, "bom-jsonl").imported == 3
+
+
+def test_invalid_utf8_is_rejected_per_row_or_read_with_an_explicit_encoding(lake: Lake, tmp_path: Path) -> None:
+    latin = "What is the café's bill of 3 + 4?".encode("latin-1")
+    jsonl = tmp_path / "bytes.jsonl"
+    jsonl.write_bytes(b"\n".join([*map(str.encode, _valid_lines()), b'{"question": "' + latin + b'", "answer": "7"}']))
+    csv_file = tmp_path / "bytes.csv"
+    csv_file.write_bytes(b"question,answer\n" + latin + b",7\nWhat is 2 + 2?,4\n")
+    for path, valid in ((jsonl, 3), (csv_file, 1)):
+        report = import_queries(lake, path, f"utf8-{path.suffix[1:]}")
+        assert report.imported == valid and [r.reason for r in report.rejected] == ["invalid_encoding"]
+        assert "\\xe9" in lake.read(f"rejected_inputs/utf8-{path.suffix[1:]}").to_pylist()[0]["raw"]
+    escaped = _jsonl(tmp_path / "escaped.jsonl", ['{"question": "lone \\udc80 surrogate?", "answer": "1"}'])
+    assert [r.reason for r in import_queries(lake, escaped, "escaped").rejected] == ["invalid_encoding"]
+    explicit = import_queries(lake, csv_file, "latin", FieldMapping(encoding="latin-1"))
+    assert explicit.imported == 2 and _imported(lake, "latin")[0] == "What is the café's bill of 3 + 4?"
+
+
+def test_non_finite_answers_are_rejected_the_same_in_every_format(lake: Lake, tmp_path: Path) -> None:
+    questions = ["What is 0/0?", "What is 1/0?", "What is -1/0?"]
+    csv_answers, json_answers = ["nan", "inf", "-Infinity"], ["NaN", "Infinity", "-Infinity"]
+    csv_rows = [f"{q},{a}\n" for q, a in zip(questions, csv_answers, strict=True)]
+    (tmp_path / "nan.csv").write_text("question,answer\n" + "".join(csv_rows) + "What is 1 + 1?,2\n")
+    json_rows = [f'{{"question": "{q}", "answer": {a}}}\n' for q, a in zip(questions, json_answers, strict=True)]
+    (tmp_path / "nan.jsonl").write_text("".join(json_rows) + '{"question": "What is 1 + 1?", "answer": 2}\n')
+    pq.write_table(pa.table({"question": [*questions, "What is 1 + 1?"],
+                             "answer": [math.nan, math.inf, -math.inf, 2.0]}), tmp_path / "nan.parquet")  # fmt: skip
+    for suffix in ("csv", "jsonl", "parquet"):
+        report = import_queries(lake, tmp_path / f"nan.{suffix}", f"nan-{suffix}")
+        assert report.imported == 1, suffix
+        assert report.reason_counts == {"non_finite_answer": 3}, suffix
+
+
+def test_reimporting_a_file_that_adds_nothing_writes_nothing(lake: Lake, tmp_path: Path, cli) -> None:
+    junk = _jsonl(tmp_path / "junk.jsonl", ['{"question": ""}', "not json"])
+    assert import_queries(lake, junk, "adds").nothing_importable
+    again = import_queries(lake, junk, "adds")
+    assert again.nothing_importable and again.already_imported == lake.versions("rejected_inputs", "adds")[0]
+    assert len(lake.versions("rejected_inputs", "adds")) == 1
+    good = _jsonl(tmp_path / "good.jsonl", _valid_lines())
+    assert import_queries(lake, good, "adds").imported == 3
+    duplicates = _jsonl(tmp_path / "dups.jsonl", _valid_lines()[:2])
+    report = import_queries(lake, duplicates, "adds")
+    assert (report.imported, report.duplicates_of_existing, report.queries_version, report.rejected_version) == (
+        0, 2, None, None)  # fmt: skip
+    assert [len(lake.versions(table, "adds")) for table in ("queries", "rejected_inputs")] == [1, 1]

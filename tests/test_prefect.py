@@ -14,7 +14,8 @@ import yaml
 
 from schemas.config import PROJECT_ROOT
 from schemas.lake import Lake, LakeError
-from tests.conftest import FIXTURES, run_stage_here
+from tests.conftest import FIXTURES, cli_server, run_stage_here
+from tests.flaky_server import FlakyServer, flaky_server
 
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -277,7 +278,8 @@ def test_an_edited_prompt_retrains_sft_and_an_unrelated_change_does_not(
     unrelated = sft_flow(**arguments, overrides=[*overrides, "rollout.temperature=0.3", "grpo.max_steps=3"])
     assert unrelated == edited and _task_run_states("sft", started) == ["Cached", "Completed", "Completed"]
     assert [lake.read(info).column("model_id")[0].as_py() for info in lake.versions("models", "stale")] == [
-        first, edited
+        first,
+        edited,
     ]
     # Without Prefect (the CLI), the lake alone gives the same answers.
     assert run_stage_here("sft", overrides, **arguments).outputs["model"] == edited
@@ -303,3 +305,59 @@ def test_a_pipeline_whose_pairs_are_empty_stops_there_without_retries(prefect_ap
     assert _task_run_states("pairs", started) == ["Failed"]  # once: a permanent error is not retried
     assert _task_run_states("sft", started) == []  # the pipeline stopped at pairs
     assert Lake(home).versions("sft_examples") == []
+
+
+def test_errored_rows_keep_a_stage_uncached_until_a_healthy_rerun_completes_them(
+    prefect_api, tiny_models, home: Path, cli
+) -> None:
+    from flows.repair import repair_flow
+    from flows.rollout import rollout_flow
+    from flows.score import score_flow
+
+    cli("data", "synth", "--n", "6", "--seed", "47")
+    lake = Lake(home)
+    flaky = FlakyServer(every=3, stall_s=2.0)  # every third request fails on each attempt, in turn each way
+    overrides = [
+        "rollout.n=2", "rollout.temperature=0.7", "rollout.max_new_tokens_per_turn=256", "rollout.max_total_tokens=512",
+        f"rollout.tokenizer={tiny_models.teacher}", f"repair.tokenizer={tiny_models.teacher}", "tools.python.workers=1",
+        "requests.timeout_s=1", "requests.attempts=2", "requests.backoff_s=0.05", "runtime.stage_retries=1",
+        "runtime.stage_retry_delay_s=0",
+    ]  # fmt: skip
+
+    def run(stage_flow: Any, source: str, dataset: str) -> tuple[Any, list[str]]:
+        started = datetime.now(UTC)
+        state = stage_flow(source, model=model, no_ray=True, overrides=overrides, return_state=True)
+        return state, _task_run_states(stage_flow.name, started)
+
+    with cli_server("serve-model", "--model", tiny_models.teacher) as upstream:
+        flaky.upstream = upstream
+        with flaky_server(flaky) as url:
+            model = f"{url}/v1#default"
+            for stage_flow, source, dataset, what in (
+                (rollout_flow, "arith-s47-n6", "arith-s47-n6-rollout", "trajectories"),
+                (repair_flow, "arith-s47-n6-rollout", "arith-s47-n6-rollout", "repair attempts"),
+            ):
+                table = "rollouts" if stage_flow is rollout_flow else "repairs"
+                if table == "repairs":
+                    assert score_flow(f"rollouts/{dataset}", overrides=overrides) == f"scores/{dataset}@1"
+                flaky.healthy = False
+                failed, states = run(stage_flow, source, dataset)
+                # Errored rows: the stage fails (retried by Prefect first), so nothing is cached as done.
+                assert failed.is_failed() and states == ["Failed"], states
+                message = str(failed.result(raise_on_failure=False))
+                errored = int(re.search(rf"(\d+) of \d+ {what} errored", message).group(1))
+                assert errored > 0 and "(after 2 attempts)" in message and "re-run the same command" in message
+                *_, incomplete = before = lake.versions(table, dataset)  # one per try: Prefect retried it once
+                assert incomplete.errored_rows == errored and not incomplete.complete
+                flaky.healthy = True
+                healed, states = run(stage_flow, source, dataset)
+                assert healed.is_completed() and states == ["Completed"], states
+                *_, complete = versions = lake.versions(table, dataset)
+                assert len(versions) == len(before) + 1 and complete.complete  # one new version
+                rows = lake.read(complete).to_pylist()
+                ids = [row["trajectory_id" if table == "rollouts" else "repair_id"] for row in rows]
+                assert len(ids) == len(set(ids)) == incomplete.row_count  # the errored ones replaced, none added
+                assert sum(row["finish_reason"] == "error" for row in rows) == 0
+                again, states = run(stage_flow, source, dataset)
+                assert again.is_completed() and states == ["Cached"] and lake.versions(table, dataset) == versions
+    assert set(flaky.faults) == {"500", "drop", "truncated_body", "truncated_json", "stall"}

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pytest
 
 from schemas.lake import Lake
@@ -22,8 +19,10 @@ from tasks.core.tir import TOOL_STOPS, parse_tool_call, tool_segment_text
 from tasks.generation.engine import FINISH_REASONS, EngineLimits, RolloutEngine, Trajectory
 from tasks.generation.llm import OpenAIBackend, SamplingParams, TransformersBackend
 from tasks.generation.tools import ToolRunner
-from tests.conftest import free_port, run_stage_here
+from tests.conftest import cli_server, run_stage_here
+from tests.flaky_server import MODES, FlakyServer, flaky_server
 from tools_sandbox.executor import SandboxPool
+from tools_sandbox.http_retry import RetryPolicy
 from tools_sandbox.results import format_result
 
 QUESTIONS = synth.generate(12, seed=321, prefix="rt")
@@ -136,7 +135,7 @@ def test_sharded_ray_run_equals_one_shard_in_process(
 ) -> None:
     queries = _import_questions(lake, tmp_path, 6)
     common = {"queries": queries, "model": tiny_models.teacher, "n": 2}
-    overrides = _overrides(temperature=0.0)
+    overrides = _overrides(temperature=0.7)  # sampled: each trajectory's tokens come from its own seeds
     whole = run_stage_here("rollout", overrides, **common, name="whole", shard_size=100, no_ray=True)
     sharded = run_stage_here("rollout", overrides, **common, name="sharded", shard_size=2, actors=2)
     partials = {name: [info for info in lake.versions("rollouts") if info.dataset.startswith(f"{name}.partial-")]
@@ -165,6 +164,7 @@ def test_a_missing_search_corpus_stops_only_rollouts_whose_queries_need_search(
                        model=tiny_models.teacher, n=1, no_ray=True, name="qa")  # fmt: skip
 
 
+RESUME_OVERRIDES = ["rollout.max_new_tokens_per_turn=160", "rollout.temperature=0.7", "tools.python.workers=1"]
 ROLLOUT_SCRIPT = """
 import sys
 def show(done, total, info=""):
@@ -172,7 +172,7 @@ def show(done, total, info=""):
 from flows.stage import STAGES, run_stage
 result = run_stage(STAGES["rollout"], {"queries": sys.argv[1], "model": sys.argv[2], "n": 2, "shard_size": 1,
                    "no_ray": True, "name": "resumed"}, "cpu",
-                   ["rollout.max_new_tokens_per_turn=160", "tools.python.workers=1"], progress=show)
+                   sys.argv[3:], progress=show)
 print("generated", result.metrics["generated"], flush=True)
 """
 
@@ -180,7 +180,7 @@ print("generated", result.metrics["generated"], flush=True)
 def test_a_killed_rollout_resumes_without_duplicates(tiny_models, lake: Lake, home: Path, tmp_path: Path) -> None:
     queries = _import_questions(lake, tmp_path, 6)
     env = {**os.environ, "AUTOTRAJ_HOME": str(home)}
-    command = [sys.executable, "-c", ROLLOUT_SCRIPT, queries, tiny_models.teacher]
+    command = [sys.executable, "-c", ROLLOUT_SCRIPT, queries, tiny_models.teacher, *RESUME_OVERRIDES]
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
     assert first.stdout is not None
     for line in first.stdout:
@@ -198,31 +198,20 @@ def test_a_killed_rollout_resumes_without_duplicates(tiny_models, lake: Lake, ho
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=True)
     assert "generated 0" in again.stdout
     assert len(lake.versions("rollouts", "resumed")) == 1  # nothing new: no second version
+    # Sampled at 0.7, killed and resumed in other shards and batches: the same trajectories as one run.
+    whole = run_stage_here("rollout", RESUME_OVERRIDES, queries=queries, model=tiny_models.teacher, n=2,
+                           shard_size=100, no_ray=True, name="uninterrupted")  # fmt: skip
+    key = ("trajectory_id", "response", "segments", "finish_reason")
+    uninterrupted = {row["trajectory_id"]: {k: row[k] for k in key} for row in lake.read(whole.outputs["rollouts"])
+                     .to_pylist()}  # fmt: skip
+    assert {row["trajectory_id"]: {k: row[k] for k in key} for row in rows} == uninterrupted
+    assert len({row["response"] for row in rows}) > 6  # samples differ
 
 
 @pytest.fixture(scope="module")
 def model_server(tiny_models):
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "serve-model", "--model", tiny_models.teacher, "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.3)
-    else:
-        server.kill()
-        pytest.fail(f"serve-model did not start: {server.stderr.read() if server.stderr else ''}")
-    yield url
-    server.terminate()
-    server.wait(timeout=30)
+    with cli_server("serve-model", "--model", tiny_models.teacher) as url:
+        yield url
 
 
 def test_http_backend_against_serve_model_matches_transformers(teacher, tiny_models, model_server, pool) -> None:
@@ -234,41 +223,28 @@ def test_http_backend_against_serve_model_matches_transformers(teacher, tiny_mod
     assert remote.failed_requests == 0
 
 
-class _Flaky(BaseHTTPRequestHandler):
-    """A completions server that fails in the ways real ones do, per the `mode` class attribute."""
-
-    mode = "500"
-    calls = 0
-
-    def do_POST(self) -> None:
-        type(self).calls += 1
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        if self.mode == "500":
-            self.send_response(500)
-            self.end_headers()
-        elif self.mode == "slow":
-            time.sleep(3)
-        elif self.mode == "drop":
-            self.connection.shutdown(socket.SHUT_RDWR)
-
-    def log_message(self, *_args: object) -> None:
-        pass
-
-
-@pytest.mark.parametrize("mode", ["500", "slow", "drop"])
+@pytest.mark.parametrize("mode", MODES)
 def test_failing_server_is_retried_and_recorded(mode: str, tiny_models, pool) -> None:
-    _Flaky.mode, _Flaky.calls = mode, 0
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
-        remote = OpenAIBackend(url, "default", tiny_models.teacher, timeout_s=0.5, attempts=2)
+    state = FlakyServer(modes=(mode,), stall_s=2.0)
+    with flaky_server(state) as url:
+        policy = RetryPolicy(timeout_s=0.5, attempts=2, backoff_s=0.05)
+        remote = OpenAIBackend(url, "default", tiny_models.teacher, policy=policy)
         trajectories = _engine(remote, pool).run(_trajectories(remote, 2), SamplingParams(temperature=0.0))
-    finally:
-        server.shutdown()
-    assert _Flaky.calls == 4  # two contexts, two attempts each
+    assert state.calls == 4  # two contexts, two attempts each: a malformed body is retried like a dropped one
     assert all(t.finish_reason == "error" and url in (t.error or "") for t in trajectories)
+    assert all((t.error or "").endswith("(after 2 attempts)") for t in trajectories), trajectories[0].error
     assert remote.failed_requests == 2
+
+
+def test_a_request_past_the_deadline_is_not_tried(tiny_models) -> None:
+    state = FlakyServer(modes=("stall",), stall_s=2.0)
+    with flaky_server(state) as url:
+        remote = OpenAIBackend(url, "default", tiny_models.teacher)
+        remote.policy = RetryPolicy(timeout_s=30, attempts=4, backoff_s=0.05, deadline=time.time() + 0.5)
+        started = time.monotonic()
+        (generation,) = remote.generate([[5, 6, 7]], [], SamplingParams(max_new_tokens=4))
+    assert time.monotonic() - started < 1.5 and state.calls == 1  # cut at the deadline, not 30 s x 4
+    assert generation.finish == "error" and "(after 1 attempt)" in (generation.error or "")
 
 
 def test_rollout_batch_size_sets_the_generation_batch(tiny_models, lake: Lake, tmp_path: Path, cli, monkeypatch):
@@ -285,3 +261,36 @@ def test_rollout_batch_size_sets_the_generation_batch(tiny_models, lake: Lake, t
     result = cli(*overrides, "rollout", "-q", queries, "-m", tiny_models.teacher, "--n", "2", "--no-ray")
     assert result.exit_code == 0, result.output
     assert max(rows_per_call) == 3 and rows_per_call[0] == 3  # 8 trajectories, 3 rows per generate call
+
+
+def test_an_oversized_question_is_rejected_alone_at_rollout(tiny_models, lake: Lake, tmp_path: Path, cli) -> None:
+    from tasks.stages.import_queries import FieldMapping, import_queries, query_id_for
+
+    rows = [{"question": problem.question, "answer": str(problem.answer)} for problem in QUESTIONS[:3]]
+    rows.insert(1, {"question": "What is " + "1 + " * 2_500_000 + "1?", "answer": "2500001"})  # 10 MB
+    source = tmp_path / "huge.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    imported = import_queries(lake, source, "huge", FieldMapping(max_question_chars=20_000_000))  # let it in
+    assert imported.imported == 4
+    overrides = [item for override in _overrides() for item in ("--set", override)]
+    result = cli(*overrides, "rollout", "-q", "huge", "-m", tiny_models.teacher, "--n", "2", "--no-ray")
+    assert result.exit_code == 0, result.output  # the others proceed, and the version is complete
+    written = lake.read("rollouts/huge-rollout").to_pylist()
+    rejected = [row for row in written if row["finish_reason"] == "rejected"]
+    assert len(written) == 8 and len(rejected) == 2
+    assert {row["query_id"] for row in rejected} == {query_id_for(rows[1]["question"])}
+    assert rejected[0]["error"] == (
+        "the prompt has 10000010 characters, surely over 8192 tokens; rollout.max_prompt_tokens is 8192"
+    )
+    assert all(row["error"] is None for row in written if row["finish_reason"] != "rejected")
+    assert lake.versions("rollouts", "huge-rollout")[0].complete
+    again = cli(*overrides, "rollout", "-q", "huge", "-m", tiny_models.teacher, "--n", "2", "--no-ray")
+    assert again.exit_code == 0 and len(lake.versions("rollouts", "huge-rollout")) == 1  # not retried: fixed input
+
+
+def test_a_passed_deadline_errors_what_is_left(teacher, pool) -> None:
+    engine = _engine(teacher, pool)
+    engine.limits = EngineLimits(max_new_tokens_per_turn=160, deadline=time.time() - 1)
+    trajectories = engine.run(_trajectories(teacher, 3), SamplingParams(temperature=0.0))
+    assert all(t.finish_reason == "error" and "requests.stage_deadline_s" in (t.error or "") for t in trajectories)
+    assert all(t.num_turns == 0 for t in trajectories)

@@ -26,7 +26,7 @@ from schemas.config import PROFILES_DIR
 from schemas.lake import Lake
 from tasks.bootstrap import synth
 from tasks.core.models import API_KEY_ENV
-from tests.conftest import free_port
+from tests.conftest import cli_server, free_port
 
 GPU_TEACHER = yaml.safe_load((PROFILES_DIR / "gpu.yaml").read_text())["rollout"]["model"]
 SERVED_NAME = GPU_TEACHER.partition("#")[2]  # Qwen/Qwen2.5-7B-Instruct
@@ -58,27 +58,14 @@ def tokenizer_root(tiny_models, tmp_path_factory: pytest.TempPathFactory) -> Pat
 def served(tiny_models) -> Iterator[str]:
     """`autotraj serve-model` with the test-size teacher, named as gpu.yaml names its teacher, requiring a
     bearer key that every client in this module sends from $AUTOTRAJ_API_KEY (as a cluster shares it)."""
-    port = free_port()
     key = "served-key-" + os.urandom(4).hex()
-    command = [sys.executable, "-m", "flows.cli", "serve-model", "--model", tiny_models.teacher, "--port", str(port),
-               "--served-name", SERVED_NAME, "--api-key", key, "--wedged-after-s", str(WEDGED_AFTER_S)]  # fmt: skip
     previous = os.environ.get(API_KEY_ENV)
     os.environ[API_KEY_ENV] = key
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            assert server.poll() is None and time.monotonic() < deadline, server.stderr.read() if server.stderr else ""
-            time.sleep(0.3)
     try:
-        yield url
+        with cli_server("serve-model", "--model", tiny_models.teacher, "--served-name", SERVED_NAME, "--api-key",
+                        key, "--wedged-after-s", str(WEDGED_AFTER_S)) as url:  # fmt: skip
+            yield url
     finally:
-        server.terminate()
-        server.wait(timeout=30)
         os.environ.pop(API_KEY_ENV, None)
         if previous is not None:
             os.environ[API_KEY_ENV] = previous
@@ -166,7 +153,7 @@ def test_a_dead_server_gives_errored_rows_that_score_counts_and_never_labels(
     assert cli("data", "import", str(path), "--name", "mixed").exit_code == 0
     result = cli(*SHORT, "rollout", "--queries", "mixed", "--n", "2", "--model", _reference(served), "--tokenizer",
                  tokenizer, "--no-ray")  # fmt: skip
-    assert result.exit_code == 1 and "2 trajectories errored; re-run" in result.output
+    assert result.exit_code == 1 and "2 of 6 trajectories errored" in result.output and "re-run" in result.output
     rows = lake.read("rollouts/mixed-rollout").to_pylist()
     refused = {row["trajectory_id"] for row in rows if row["error"]}
     assert len(rows) == 6 and len(refused) == 2 and all("HTTP 400" in row["error"] for row in rows if row["error"])

@@ -24,7 +24,7 @@ import httpx
 from pydantic import BaseModel, Field
 
 from schemas.config import SearchConfig, private_dir
-from tools_sandbox.http_retry import post_json
+from tools_sandbox.http_retry import MalformedResponse, RequestFailed, RetryPolicy, post_json
 
 log = logging.getLogger(__name__)
 INDEX_FORMAT = 1
@@ -163,7 +163,7 @@ class RemoteSearch:
         self.url = url.rstrip("/")
         if not self.url.endswith("/search"):
             self.url += "/search"
-        self.attempts = attempts
+        self.policy = RetryPolicy(timeout_s, attempts, backoff_s=0.2, max_backoff_s=3.0)
         self.identity = f"http:{self.url}"
         self.client = httpx.Client(timeout=httpx.Timeout(timeout_s))
 
@@ -171,19 +171,13 @@ class RemoteSearch:
         """Top-k passages for one query from the server."""
         payload = {"query": query, "top_n": k, "return_score": True}
         try:
-            response = post_json(self.client, self.url, payload, self.attempts, backoff_s=0.2, max_wait_s=3.0)
-        except httpx.TimeoutException as exc:
-            raise SearchError(f"search server {self.url} timed out after {self.attempts} attempts ({exc!r})") from exc
-        except httpx.TransportError as exc:
-            raise SearchError(f"search server {self.url} unreachable after {self.attempts} attempts ({exc!r})") from exc
-        except httpx.HTTPStatusError as exc:
-            raise SearchError(
-                f"search server {self.url} answered HTTP {exc.response.status_code}: {exc.response.text[:200]}"
-            ) from exc
-        return _parse_reply(response, self.url)
+            return post_json(self.client, self.url, payload, self.policy, _parse_reply)
+        except RequestFailed as exc:
+            raise SearchError(f"search server {exc}") from exc
 
 
-def _parse_reply(response: httpx.Response, url: str) -> list[Passage]:
+def _parse_reply(response: httpx.Response) -> list[Passage]:
+    """The passages of a retriever's reply: [documents, scores], or documents alone."""
     try:
         data = response.json()
         if (
@@ -200,7 +194,7 @@ def _parse_reply(response: httpx.Response, url: str) -> list[Passage]:
             for doc, score in zip(documents, scores, strict=True)
         ]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise SearchError(f"search server {url} sent a reply that is not [documents, scores]: {exc}") from exc
+        raise MalformedResponse(f"a reply that is not [documents, scores]: {exc}") from exc
 
 
 class CachedSearch:

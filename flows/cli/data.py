@@ -24,19 +24,25 @@ def data_import(
     task_field: Annotated[str, typer.Option(help="Source column holding the task (math|qa).")] = "task",
     task: Annotated[str, typer.Option(help="Task for rows that name none: math or qa.")] = "math",
     split: Annotated[str | None, typer.Option(help="Split of a saved HF DatasetDict.")] = None,
+    encoding: Annotated[str, typer.Option(help="Text encoding of a JSONL, JSON or CSV file.")] = "utf-8",
+    max_question_chars: Annotated[int, typer.Option(min=1, help="Longer questions are rejected.")] = 20_000,
+    max_answer_chars: Annotated[int, typer.Option(min=1, help="Longer answers are rejected.")] = 1_000,
 ) -> None:
-    """Import queries; malformed, empty and duplicate rows go to rejected_inputs with a reason."""
+    """Import queries; malformed, oversized, empty and duplicate rows go to rejected_inputs with a reason."""
     from tasks.stages.import_queries import FieldMapping, import_queries
 
     mapping = FieldMapping(
-        question=question_field, answer=answer_field, id=id_field, task=task_field, default_task=task, split=split
-    )
+        question=question_field, answer=answer_field, id=id_field, task=task_field, default_task=task, split=split,
+        encoding=encoding, max_question_chars=max_question_chars, max_answer_chars=max_answer_chars,
+    )  # fmt: skip
     report = import_queries(lake_of(ctx), path, name, mapping)
     if report.already_imported is not None:
         console.print(
             f"{path} is already imported as [bold]{report.already_imported.version_id}[/] "
-            f"({report.already_imported.row_count} queries); nothing to do."
+            f"({report.already_imported.row_count} rows); nothing to do."
         )
+        if report.nothing_importable:
+            raise fail(f"nothing importable in {path}", code=1)
         return
     console.print(
         f"read {report.rows_read} rows from {path}: [green]{report.imported} imported[/], "
@@ -52,6 +58,8 @@ def data_import(
             f"wrote [bold]{report.queries_version.version_id}[/] "
             f"({report.queries_version.row_count} queries in this version)"
         )
+    elif report.rejected_version is None and not report.nothing_importable:
+        console.print(f"{path} adds nothing to queries/{name}; nothing written.")
     if report.nothing_importable:
         raise fail(f"nothing importable in {path}", code=1)
 

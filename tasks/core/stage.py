@@ -101,6 +101,16 @@ class StageResult:
     problem: str | None = None  # finished, but something needs the user (errored rows to retry)
 
 
+def errored_problem(errored: int, total: int, what: str, example: str | None) -> str | None:
+    """A stage result's problem when `errored` of its `total` rows failed: how many, one error, how to retry."""
+    if not errored:
+        return None
+    return (
+        f"{errored} of {total} {what} errored (e.g. {(example or 'no error text')[:300]}); the version is marked "
+        "incomplete: re-run the same command, or retry the flow run, to generate exactly those again"
+    )
+
+
 @dataclass
 class StageContext:
     """A prepared stage run: config, resolved inputs and models, options, output name and lineage."""

@@ -10,6 +10,7 @@ exactly the ids the model produced or was shown.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,8 @@ from tasks.generation.tools import ToolRunner
 from tools_sandbox.executor import PythonSession
 
 log = logging.getLogger(__name__)
-FINISH_REASONS = ("answer", "eos", "length", "max_tool_calls", "max_turns", "error")
+# "rejected": never generated, its input is over a limit (not retried); "error": failed, retried by a re-run.
+FINISH_REASONS = ("answer", "eos", "length", "max_tool_calls", "max_turns", "rejected", "error")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class EngineLimits:
     max_turns: int = 10
     max_new_tokens_per_turn: int = 512
     max_total_tokens: int = 4096
+    deadline: float | None = None  # time.time() after which no turn starts: the rest is errored, to retry
 
 
 @dataclass
@@ -154,6 +157,12 @@ class RolloutEngine:
         """Run every trajectory to its end; `on_finished` is called as each leaves the batch."""
         active = [t for t in trajectories if not t.done]
         while active:
+            if self.limits.deadline is not None and time.time() >= self.limits.deadline:
+                for trajectory in active:
+                    trajectory.finish("error", "the stage run's deadline (requests.stage_deadline_s) passed")
+                    if on_finished is not None:
+                        on_finished(trajectory)
+                break
             budgets = [self.limits.max_total_tokens - len(t.completion_ids) for t in active]
             turn_params = SamplingParams(
                 max_new_tokens=max(1, min(self.limits.max_new_tokens_per_turn, max(budgets))),

@@ -25,7 +25,7 @@ import httpx
 
 from tasks.core.hashing import stable_int
 from tasks.core.models import SERVED_KEY_ENVS, ModelRef
-from tools_sandbox.http_retry import post_json, retryable
+from tools_sandbox.http_retry import MalformedResponse, RequestFailed, RetryPolicy, post_json
 
 log = logging.getLogger(__name__)
 Finish = Literal["stop", "eos", "length", "error"]
@@ -155,8 +155,8 @@ class TransformersBackend:
         With `keys` (one per context, stable across calls: the engine passes its trajectories), a
         context that extends what the last call generated under the same key continues from that
         batch's KV cache, so a turn re-encodes only the tool result instead of the whole context.
-        One batch samples from one torch generator, seeded from its rows' `seeds` (rows of a batch
-        still differ: each draws its own tokens).
+        Each row samples from its own generator, seeded by its `seeds` entry, so what a context
+        samples does not depend on which other contexts share its batch (sharding, resumes, actors).
         """
         previous, self._kept = self._kept, {}
         results: list[Generation | None] = [None] * len(contexts)
@@ -178,8 +178,14 @@ class TransformersBackend:
             inputs = batches[batch_id].extend([row for _, row in members], [contexts[i] for i in indices], self)
             for index, generation in zip(
                 indices,
-                self._run(inputs, [contexts[i] for i in indices], stop, _seeded(params, seeds, indices),
-                          keys and [keys[i] for i in indices]),
+                self._run(
+                    inputs,
+                    [contexts[i] for i in indices],
+                    stop,
+                    params,
+                    _row_seeds(params, seeds, indices),
+                    keys and [keys[i] for i in indices],
+                ),
                 strict=True,
             ):
                 results[index] = generation
@@ -188,8 +194,14 @@ class TransformersBackend:
             chunk = [contexts[i] for i in indices]
             for index, generation in zip(
                 indices,
-                self._run(self._left_padded(chunk), chunk, stop, _seeded(params, seeds, indices),
-                          keys and [keys[i] for i in indices]),
+                self._run(
+                    self._left_padded(chunk),
+                    chunk,
+                    stop,
+                    params,
+                    _row_seeds(params, seeds, indices),
+                    keys and [keys[i] for i in indices],
+                ),
                 strict=True,
             ):
                 results[index] = generation
@@ -216,6 +228,7 @@ class TransformersBackend:
         contexts: Sequence[list[int]],
         stop: Sequence[str],
         params: SamplingParams,
+        seeds: list[int] | None,
         keys: Sequence[Hashable] | None,
     ) -> list[Generation]:
         """One generate call over a prepared batch (ids, mask, cache or None); keep its cache by key."""
@@ -225,9 +238,12 @@ class TransformersBackend:
         width = input_ids.shape[1]
         pad = self.tokenizer.pad_token_id
         eos = self.tokenizer.eos_token_id
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
-        sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+        if params.temperature <= 0:
+            sampling: dict[str, Any] = {"do_sample": False}
+        elif seeds is None:
+            sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+        else:  # greedy over Gumbel-perturbed scores is sampling, with noise drawn per row
+            sampling = {"do_sample": False, "logits_processor": row_sampler(params, seeds, self.device)}
         # Stop strings that are single tokens (the bootstrap tokenizer's tags) stop on token ids, which
         # is much cheaper per step than matching strings; anything else goes through stop_strings.
         stop_ids = [self._single_token(s) for s in stop]
@@ -249,7 +265,7 @@ class TransformersBackend:
                 **stopping,
                 return_dict_in_generate=True,
                 output_logits=params.logprobs,
-                **(sampling if params.temperature > 0 else {"do_sample": False}),
+                **sampling,
                 **extra,
             )
         new_tokens = output.sequences[:, width:].tolist()
@@ -345,16 +361,15 @@ class OpenAIBackend:
         model: str,
         tokenizer_path: str,
         concurrency: int = 16,
-        timeout_s: float = 300.0,
-        attempts: int = 4,
+        policy: RetryPolicy | None = None,
         api_key: str | None = None,
     ):
         self.name = model
         self.url = url.rstrip("/") + ("" if url.rstrip("/").endswith("/v1") else "/v1") + "/completions"
         self.tokenizer = load_tokenizer(tokenizer_path)
         self.concurrency = concurrency
-        self.attempts = attempts
-        self.client = httpx.Client(timeout=httpx.Timeout(timeout_s), headers=auth_headers(api_key))
+        self.policy = policy or RetryPolicy()
+        self.client = httpx.Client(timeout=httpx.Timeout(self.policy.timeout_s), headers=auth_headers(api_key))
         self.failed_requests = 0
 
     def generate(
@@ -370,7 +385,7 @@ class OpenAIBackend:
 
         `keys` are not needed: servers such as vLLM and SGLang cache shared prefixes themselves.
         """
-        requests = [_seeded(params, seeds, [index]) for index in range(len(contexts))]
+        requests = [_seeded(params, seeds, index) for index in range(len(contexts))]
         with ThreadPoolExecutor(self.concurrency) as pool:
             return list(pool.map(lambda ids, p: self._complete(ids, stop, p), contexts, requests))
 
@@ -390,18 +405,21 @@ class OpenAIBackend:
         if params.logprobs:
             body["logprobs"] = 1
         try:
-            response = post_json(self.client, self.url, body, self.attempts, backoff_s=0.5, max_wait_s=8.0)
-            choice = response.json()["choices"][0]
-        except (httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
+            return post_json(self.client, self.url, body, self.policy, lambda reply: self._parse(reply, stop))
+        except RequestFailed as exc:
             self.failed_requests += 1
-            if isinstance(exc, httpx.HTTPStatusError):
-                detail = f"HTTP {exc.response.status_code}: {exc.response.text[:300]}"
-            else:
-                detail = repr(exc)
-            tries = f"after {self.attempts} attempts" if retryable(exc) else "not retried"
-            log.warning("completion request to %s failed (%s): %s", self.url, tries, detail)
-            return Generation([], "", "error", error=f"{self.url}: {detail} ({tries})")
-        return self._parse_choice(choice, stop)
+            log.warning("completion request failed: %s", exc)
+            return Generation([], "", "error", error=str(exc))
+
+    def _parse(self, response: httpx.Response, stop: Sequence[str]) -> Generation:
+        """A reply's first choice as a Generation; MalformedResponse (retried) when the body is not one."""
+        try:
+            choice = response.json()["choices"][0]
+            if not isinstance(choice, dict) or not isinstance(choice.get("text", ""), str):
+                raise TypeError(f"choice is {type(choice).__name__}")
+            return self._parse_choice(choice, stop)
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise MalformedResponse(f"not a completions reply ({type(exc).__name__}: {exc})"[:300]) from exc
 
     def _parse_choice(self, choice: dict[str, Any], stop: Sequence[str]) -> Generation:
         text = choice.get("text", "")
@@ -452,7 +470,7 @@ class VLLMBackend:
                 max_tokens=params.max_new_tokens,
                 temperature=params.temperature,
                 top_p=params.top_p,
-                seed=_seeded(params, seeds, [index]).seed,
+                seed=_seeded(params, seeds, index).seed,
                 stop=list(stop),
                 include_stop_str_in_output=True,
                 logprobs=0 if params.logprobs else None,
@@ -485,22 +503,57 @@ def _stop_when_set(event: threading.Event) -> Any:
     return StopWhenSet()
 
 
-def _seeded(params: SamplingParams, seeds: Sequence[int] | None, indices: Sequence[int]) -> SamplingParams:
-    """`params` with the seed of these contexts: one context's own seed, or one derived from a batch's."""
-    if seeds is None:
-        return params
-    seed = seeds[indices[0]] if len(indices) == 1 else stable_int(*[seeds[i] for i in indices])
-    return replace(params, seed=seed)
+def _seeded(params: SamplingParams, seeds: Sequence[int] | None, index: int) -> SamplingParams:
+    """`params` with the seed of one context (its own, when `seeds` gives one)."""
+    return params if seeds is None else replace(params, seed=seeds[index])
 
 
-def open_backend(model: ModelRef, batch_size: int = 64) -> LLMBackend:
+def _row_seeds(params: SamplingParams, seeds: Sequence[int] | None, indices: Sequence[int]) -> list[int] | None:
+    """The sampling seed of each of these contexts: its own, else one from `params.seed` and its position
+    (a single context takes `params.seed` itself, as a served request does), else None (unseeded)."""
+    if seeds is not None:
+        return [seeds[i] for i in indices]
+    if params.seed is None:
+        return None
+    return [params.seed] if len(indices) == 1 else [stable_int(params.seed, i) for i in indices]
+
+
+def row_sampler(params: SamplingParams, seeds: list[int], device: Any) -> Any:
+    """Logits processors that sample each row with its own generator: temperature, top-p, then Gumbel
+    noise, so the greedy pick is a sample from the tempered, truncated distribution (Gumbel-max).
+
+    transformers' sampler draws one multinomial for the whole batch from the global generator, so a
+    row's tokens would depend on its batch neighbours; this is the one piece it has no option for.
+    """
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+    generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+
+    class RowGumbel(LogitsProcessor):
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            noise = torch.stack(
+                [torch.rand(scores.shape[1], generator=g, device=device, dtype=torch.float32) for g in generators]
+            )
+            gumbel = -torch.log(-torch.log(noise.clamp_min(torch.finfo(torch.float32).tiny)))
+            return scores + gumbel.to(scores.dtype)
+
+    processors = [TemperatureLogitsWarper(params.temperature)]
+    if params.top_p < 1.0:
+        processors.append(TopPLogitsWarper(params.top_p))
+    return LogitsProcessorList([*processors, RowGumbel()])
+
+
+def open_backend(model: ModelRef, batch_size: int = 64, policy: RetryPolicy | None = None) -> LLMBackend:
     """The backend for a resolved model reference: a served model over HTTP, or a local one.
 
     `batch_size` is the contexts per generate call for a local model, the requests in flight for a
-    served one.
+    served one; `policy` how a served one's requests are timed out and retried.
     """
     if model.kind == "served":
-        return OpenAIBackend(model.url or "", model.served_name or "", model.tokenizer or "", concurrency=batch_size)
+        return OpenAIBackend(
+            model.url or "", model.served_name or "", model.tokenizer or "", concurrency=batch_size, policy=policy
+        )
     if model.path is None:
         raise ValueError(f"model {model.reference!r} cannot generate: it is not a local or served model")
     if model.backend == "vllm":

@@ -11,6 +11,7 @@ flight and a retry never duplicates a trajectory. Rollout, repair and evaluation
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -28,6 +29,7 @@ from tasks.core.stage import Option
 from tasks.generation.engine import EngineLimits, RolloutEngine, Trajectory
 from tasks.generation.llm import SamplingParams, open_backend
 from tasks.generation.tools import needs_search, open_tools
+from tools_sandbox.http_retry import RetryPolicy
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class GenerationSettings:
     limits: EngineLimits
     sampling: SamplingParams
     prompts: Prompts
+    policy: RetryPolicy = field(default_factory=RetryPolicy)  # requests to a served model
     search_required: bool = True  # False when no query's task needs search: a missing corpus is then fine
 
     def item(self, trajectory_id: str, query_id: str, sample_index: int, user: str) -> WorkItem:
@@ -56,20 +59,29 @@ class GenerationSettings:
         return WorkItem(trajectory_id, query_id, sample_index, user, stable_int(self.sampling.seed, trajectory_id))
 
 
+MAX_CHARS_PER_TOKEN = 32  # no tokenizer packs more characters into a token than this, in practice
+
 # The rollout keys every generating stage samples by (besides its temperature): its fingerprint's share.
 ENGINE_CONFIG = (
     "rollout.max_tool_calls",
     "rollout.max_turns",
     "rollout.max_new_tokens_per_turn",
     "rollout.max_total_tokens",
+    "rollout.max_prompt_tokens",
     "rollout.top_p",
     "rollout.seed",
 )
 
 
-def settings_from_config(config: PipelineConfig, temperature: float | None = None) -> GenerationSettings:
-    """Engine limits, sampling and prompts from the rollout section (`temperature` overrides its own)."""
-    section = config.rollout
+def settings_from_config(
+    config: PipelineConfig, temperature: float | None = None, deadline: bool = True
+) -> GenerationSettings:
+    """Engine limits, sampling and prompts from the rollout section (`temperature` overrides its own), and
+    the request policy, whose deadline (`requests.stage_deadline_s`, unless `deadline` is False: GRPO's
+    rollouts must all finish) counts from now."""
+    section, requests = config.rollout, config.requests
+    seconds = requests.stage_deadline_s if deadline else None
+    deadline_at = None if seconds is None else time.time() + seconds
     return GenerationSettings(
         config=config,
         limits=EngineLimits(
@@ -77,6 +89,7 @@ def settings_from_config(config: PipelineConfig, temperature: float | None = Non
             max_turns=section.max_turns,
             max_new_tokens_per_turn=section.max_new_tokens_per_turn,
             max_total_tokens=section.max_total_tokens,
+            deadline=deadline_at,
         ),
         sampling=SamplingParams(
             max_new_tokens=section.max_new_tokens_per_turn,
@@ -85,6 +98,9 @@ def settings_from_config(config: PipelineConfig, temperature: float | None = Non
             seed=section.seed,
         ),
         prompts=Prompts.from_config(config),
+        policy=RetryPolicy(
+            requests.timeout_s, requests.attempts, requests.backoff_s, requests.max_backoff_s, deadline_at
+        ),
     )
 
 
@@ -122,19 +138,31 @@ class GenerationWorker:
     def __init__(self, model: ModelRef, settings: GenerationSettings):
         self.model = model
         self.settings = settings
-        self.backend = open_backend(model, settings.config.rollout.batch_size)
+        self.backend = open_backend(model, settings.config.rollout.batch_size, settings.policy)
         self.tools = open_tools(settings.config, search_required=settings.search_required)
         self.engine = RolloutEngine(self.backend, self.tools, settings.limits)
 
     def run_shard(self, items: Sequence[WorkItem]) -> list[dict]:
         """Write every trajectory of one shard; return its rows."""
-        prompts = self.settings.prompts
-        trajectories = []
-        for item in items:
-            text, ids = encode_prompt(self.backend.tokenizer, prompts.system, item.user)
-            trajectories.append(Trajectory(item.query_id, item.sample_index, text, ids, seed=item.seed))
+        trajectories = [self._start(item) for item in items]
         self.engine.run(trajectories, self.settings.sampling)
         return trajectory_rows(items, trajectories, self.model.label)
+
+    def _start(self, item: WorkItem) -> Trajectory:
+        """The trajectory of a work item, or, when its prompt is over `rollout.max_prompt_tokens`, one
+        finished as rejected (one huge question must not make the whole batch allocate for it)."""
+        limit = self.settings.config.rollout.max_prompt_tokens
+        reason = None
+        if len(item.user) > limit * MAX_CHARS_PER_TOKEN:  # surely too long: not worth tokenizing
+            reason = f"the prompt has {len(item.user)} characters, surely over {limit} tokens"
+        else:
+            text, ids = encode_prompt(self.backend.tokenizer, self.settings.prompts.system, item.user)
+            if len(ids) <= limit:
+                return Trajectory(item.query_id, item.sample_index, text, ids, seed=item.seed)
+            reason = f"the prompt has {len(ids)} tokens"
+        trajectory = Trajectory(item.query_id, item.sample_index, "", [], seed=item.seed)
+        trajectory.finish("rejected", f"{reason}; rollout.max_prompt_tokens is {limit}")
+        return trajectory
 
     def close(self) -> None:
         """Stop the sandbox pool and the tool threads."""
@@ -218,10 +246,12 @@ def generate_resumable(
     """Write the trajectories of the work items not yet committed to `rollouts/<partial>`, shard by shard.
 
     Each finished shard is committed at once, so a killed run loses at most the shards in flight;
-    items committed with an error are generated again.
+    items committed with an error are generated again (not rejected ones: their input cannot change).
     """
     done = committed_rows(lake, partial)
-    todo = [item for item in items if item.trajectory_id not in done or done[item.trajectory_id]["error"]]
+    todo = [
+        item for item in items if done.get(item.trajectory_id, {"finish_reason": "error"})["finish_reason"] == "error"
+    ]
     work = shards(todo, execution.shard_size)
     generated = 0
     nodes: set[str] = set()
@@ -236,6 +266,11 @@ def generate_resumable(
     return GenerationRun([done[item.trajectory_id] for item in items], generated, len(work), len(nodes))
 
 
+def _retryable(row: dict) -> bool:
+    """Whether a committed trajectory failed and is generated again (not a rejected one: its input is fixed)."""
+    return row["finish_reason"] == "error"
+
+
 @dataclass
 class RolloutReport:
     """What a rollout run did."""
@@ -245,8 +280,9 @@ class RolloutReport:
     generated: int  # written by this run (the rest were already committed)
     shards_committed: int
     nodes: int  # Ray nodes it generated on
-    errors: int
+    errors: int  # errored trajectories (retried by a re-run); rejected ones are not errors
     finish_reasons: dict[str, int] = field(default_factory=dict)
+    first_error: str | None = None
 
 
 def generate_rollouts(
@@ -287,8 +323,10 @@ def generate_rollouts(
             f"e.g. {first}; nothing usable was written (re-run to retry them)"
         )
     unchanged = lake.latest_matching("rollouts", dataset, lineage) if not run.generated else None
-    version = unchanged or lake.write("rollouts", dataset, run.rows, lineage)
-    return RolloutReport(version, len(run.rows), run.generated, run.shards, run.nodes, reasons["error"], dict(reasons))
+    version = unchanged or lake.write("rollouts", dataset, run.rows, lineage, errored=reasons["error"])
+    first_error = next((row["error"] for row in run.rows if row["finish_reason"] == "error"), None)
+    return RolloutReport(version, len(run.rows), run.generated, run.shards, run.nodes, reasons["error"],
+                         dict(reasons), first_error)  # fmt: skip
 
 
 def _work_items(queries: pa.Table, samples: int, key: str, settings: GenerationSettings) -> list[WorkItem]:

@@ -21,7 +21,16 @@ from typing import Any
 from schemas.config import config_hash
 from schemas.lake import Lineage
 from tasks.core.lineage import gold_answers
-from tasks.core.stage import Input, Model, Option, StageContext, StageResult, StageSpec, SummaryTable
+from tasks.core.stage import (
+    Input,
+    Model,
+    Option,
+    StageContext,
+    StageResult,
+    StageSpec,
+    SummaryTable,
+    errored_problem,
+)
 from tasks.generation.runner import ENGINE_CONFIG, NO_RAY, Execution, generate_rollouts, settings_from_config
 from tasks.reports.charts import plot_comparison
 from tasks.scoring.quality import errored, score_rows
@@ -68,6 +77,7 @@ def run(context: StageContext) -> StageResult:
     metrics: dict[str, dict[str, dict[str, float]]] = {}
     examples: dict[str, int] = {}
     rollouts: list[str] = []
+    errored_rows, first_error = 0, None
     for benchmark in context.inputs["benchmarks"]:
         versions = []
         for model in models:
@@ -91,6 +101,9 @@ def run(context: StageContext) -> StageResult:
         for row, rollout in zip(scored, usable, strict=True):
             by_model[rollout["model"]].append(row | {"completion_tokens": tokens[row["trajectory_id"]]})
         errors = {label: sum(row["model"] == label and errored(row) for row in pooled) for label in labels}
+        failed = [row["error"] for row in pooled if row["finish_reason"] == "error"]  # rejected rows stay so
+        errored_rows += len(failed)
+        first_error = first_error or next(iter(failed), None)
         metrics[benchmark.dataset] = {label: model_metrics(by_model[label], errors[label]) for label in labels}
         examples[benchmark.dataset] = len(pooled) // len(models)
         for label, values in metrics[benchmark.dataset].items():
@@ -101,7 +114,8 @@ def run(context: StageContext) -> StageResult:
             ]  # fmt: skip
     lineage = Lineage(context.stage, config_hash=context.lineage.config_hash,
                       input_versions=(*context.lineage.input_versions, *rollouts))  # fmt: skip
-    version = lake.commit_stage(context.name, {"eval_results": results}, lineage, {"metrics": metrics})
+    version = lake.commit_stage(context.name, {"eval_results": results}, lineage, {"metrics": metrics},
+                                errored=errored_rows)  # fmt: skip
     summary = SummaryTable(
         f"{', '.join(f'{b} ({n} questions)' for b, n in examples.items())}",
         ("benchmark", "model", *METRICS),
@@ -111,8 +125,10 @@ def run(context: StageContext) -> StageResult:
     chart = plot_comparison(metrics, Path(options["chart"] or Path(config.runtime.data_dir) / "reports" /
                                           f"{context.name}.png"))  # fmt: skip
     outputs = {"eval_results": version["eval_results"].version_id}
+    problem = errored_problem(errored_rows, sum(examples.values()) * len(models), "evaluation trajectories",
+                              first_error)  # fmt: skip
     return StageResult(outputs, {"metrics": metrics, "examples": examples, "chart": str(chart)}, summary,
-                       notes=[f"chart: {chart}"])  # fmt: skip
+                       notes=[f"chart: {chart}"], problem=problem)  # fmt: skip
 
 
 SPEC = StageSpec(

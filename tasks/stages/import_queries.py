@@ -1,15 +1,21 @@
 """Import question/answer sets into the `queries` table, setting aside malformed rows with a reason.
 
-Reads JSONL, JSON, Parquet, CSV and Hugging Face datasets saved to disk. A dataset's new version is
-its previous latest version plus the new, unique questions; re-importing an identical file is a no-op.
+Reads JSONL, JSON, Parquet, CSV and Hugging Face datasets saved to disk (regular files only: a FIFO
+or a device would hang or never end). Text is decoded as UTF-8 (or `--encoding`), a BOM is dropped,
+and a row with undecodable bytes, a nesting deeper than MAX_DEPTH, an oversized question or answer,
+or a non-finite answer is rejected on its own with a reason. A dataset's new version is its previous
+latest version plus the new, unique questions; re-importing a file already imported, or one that
+adds nothing, writes nothing.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
+import stat
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +30,8 @@ from schemas.lake import STALE_ATTEMPTS, Lake, LakeError, Lineage, StaleVersion,
 STAGE = "import"
 TASKS = ("math", "qa")
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
+MAX_DEPTH = 32  # nesting of a row's values; deeper is not a question/answer row
+NON_FINITE = frozenset({"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"})
 
 
 class ImportFormatError(ValueError):
@@ -40,6 +48,9 @@ class FieldMapping:
     task: str = "task"
     default_task: str = "math"
     split: str | None = None
+    encoding: str = "utf-8"
+    max_question_chars: int = 20_000
+    max_answer_chars: int = 1_000
 
 
 @dataclass(frozen=True)
@@ -78,41 +89,58 @@ class ImportReport:
     @property
     def nothing_importable(self) -> bool:
         """True when no row of the source was a valid query (new or already present)."""
-        return self.already_imported is None and self.imported == 0 and self.duplicates_of_existing == 0
+        if self.already_imported is not None:
+            return self.already_imported.table_name == "rejected_inputs"
+        return self.imported == 0 and self.duplicates_of_existing == 0
 
 
 def _raw(value: Any) -> str:
     try:
         return json.dumps(value, ensure_ascii=False, default=str)
-    except (TypeError, ValueError):
-        return repr(value)
+    except (TypeError, ValueError, RecursionError):
+        return repr(value)[:10_000]
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                yield number, Rejection(number, "empty_row", "blank line", line)
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield (
-                    number,
-                    Rejection(
-                        number, "invalid_json", f"not valid JSON: {exc.msg} at column {exc.colno}", line.rstrip("\n")
-                    ),
-                )
+def _decode(path: Path, encoding: str) -> str:
+    """The file's text: a BOM dropped, undecodable bytes kept as lone surrogates (each row holding one
+    is rejected, the others are imported)."""
+    codec = "utf-8-sig" if encoding.replace("_", "-").lower() in ("utf-8", "utf8") else encoding
+    try:
+        return path.read_bytes().decode(codec, errors="surrogateescape")
+    except LookupError:
+        raise ImportFormatError(f"--encoding {encoding!r} is not a known text encoding") from None
 
 
-def _read_json(path: Path) -> Iterator[tuple[int, Any]]:
-    text = path.read_text(encoding="utf-8", errors="replace")
+def _read_jsonl(path: Path, encoding: str) -> Iterator[tuple[int, Any]]:
+    yield from _jsonl_lines(_decode(path, encoding).splitlines())
+
+
+def _jsonl_lines(lines: list[str]) -> Iterator[tuple[int, Any]]:
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            yield number, Rejection(number, "empty_row", "blank line", line)
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            detail = f"not valid JSON: {exc.msg} at column {exc.colno}"
+            yield number, Rejection(number, "invalid_json", detail, line[:10_000])
+        except RecursionError:
+            yield number, Rejection(number, "too_deeply_nested", "nested deeper than JSON can be parsed", line[:10_000])
+
+
+def _read_json(path: Path, encoding: str) -> Iterator[tuple[int, Any]]:
+    text = _decode(path, encoding)
     try:
         document = json.loads(text)
     except json.JSONDecodeError:
         # Many `.json` files are JSON Lines in disguise.
-        yield from _read_jsonl(path)
+        yield from _jsonl_lines(text.splitlines())
         return
+    except RecursionError:
+        raise ImportFormatError(
+            f"{path}: nested deeper than JSON can be parsed; as JSON Lines (.jsonl) only such rows are rejected"
+        ) from None
     if isinstance(document, dict):
         lists = [value for value in document.values() if isinstance(value, list)]
         if len(lists) != 1:
@@ -123,18 +151,27 @@ def _read_json(path: Path) -> Iterator[tuple[int, Any]]:
     yield from enumerate(document, start=1)
 
 
-def _read_csv(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open(encoding="utf-8", errors="replace", newline="") as handle:
-        reader = csv.DictReader(handle)
-        for number, row in enumerate(reader, start=1):
-            # DictReader puts surplus cells under the key None; keep them visible, not as a column.
-            surplus = row.pop(None, None)  # type: ignore[call-overload]
-            if surplus:
-                row["_extra_cells"] = surplus
-            yield number, row
+def _read_csv(path: Path, encoding: str) -> Iterator[tuple[int, Any]]:
+    csv.field_size_limit(1 << 30)  # an oversized cell is rejected by its row's size check, not a crash here
+    reader = csv.DictReader(io.StringIO(_decode(path, encoding), newline=""))
+    number = 0
+    while True:
+        number += 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield number, Rejection(number, "invalid_csv", f"not valid CSV: {exc}", f"line {reader.line_num}")
+            continue
+        # DictReader puts surplus cells under the key None; keep them visible, not as a column.
+        surplus = row.pop(None, None)  # type: ignore[call-overload]
+        if surplus:
+            row["_extra_cells"] = surplus
+        yield number, row
 
 
-def _read_parquet(path: Path) -> Iterator[tuple[int, Any]]:
+def _read_parquet(path: Path, encoding: str) -> Iterator[tuple[int, Any]]:
     yield from enumerate(pq.read_table(path).to_pylist(), start=1)
 
 
@@ -152,34 +189,87 @@ def _read_hf_dataset(path: Path, split: str | None) -> Iterator[tuple[int, Any]]
     yield from enumerate(loaded, start=1)
 
 
-def read_source(path: Path, split: str | None = None) -> Iterator[tuple[int, Any]]:
-    """Yield (row_number, row) from a supported file; unreadable rows come as Rejection values."""
-    if not path.exists():
-        raise ImportFormatError(f"{path}: no such file or directory")
-    if path.is_dir():
+def check_source(path: Path) -> None:
+    """Raise ImportFormatError unless `path` is a regular file or a saved dataset directory."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ImportFormatError(f"{path}: no such file or directory") from None
+    except OSError as exc:
+        raise ImportFormatError(f"{path}: cannot be read ({exc.strerror})") from None
+    if stat.S_ISDIR(mode):
         if not ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
             raise ImportFormatError(f"{path}: a directory must be a Hugging Face dataset saved with save_to_disk")
+    elif not stat.S_ISREG(mode):
+        kind = (
+            "a FIFO"
+            if stat.S_ISFIFO(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else ("a socket")
+        )
+        raise ImportFormatError(f"{path}: not a regular file ({kind}); import reads files and dataset directories")
+
+
+def read_source(path: Path, split: str | None = None, encoding: str = "utf-8") -> Iterator[tuple[int, Any]]:
+    """Yield (row_number, row) from a supported file; unreadable rows come as Rejection values."""
+    check_source(path)
+    if path.is_dir():
         return _read_hf_dataset(path, split)
     suffix = path.suffix.lower()
     readers = {".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet, ".pq": _read_parquet}
     if suffix in JSONL_SUFFIXES:
-        return _read_jsonl(path)
+        return _read_jsonl(path, encoding)
     if suffix in readers:
-        return readers[suffix](path)
+        return readers[suffix](path, encoding)
     raise ImportFormatError(
         f"{path}: unsupported format {suffix!r}; use .jsonl, .json, .csv, .parquet or a dataset dir"
     )
 
 
+def _shape_problem(row: Any) -> tuple[str, str] | None:
+    """Why a row's values cannot be stored: undecodable text, or a nesting deeper than MAX_DEPTH."""
+    stack = [(row, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return "too_deeply_nested", f"values nested deeper than {MAX_DEPTH} levels"
+        if isinstance(value, str) and _undecodable(value):
+            return "invalid_encoding", "holds bytes that are not valid text in the file's encoding (see --encoding)"
+        if isinstance(value, dict):
+            stack += [(key, depth + 1) for key in value] + [(item, depth + 1) for item in value.values()]
+        elif isinstance(value, list | tuple):
+            stack += [(item, depth + 1) for item in value]
+    return None
+
+
+def _undecodable(text: str) -> bool:
+    """Whether text holds lone surrogates (undecodable bytes, or a JSON \\udXXX escape): not storable."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _storable(text: str) -> str:
+    """Text whose undecodable bytes (and other lone surrogates) are shown as escapes, so a rejected row's
+    raw text can be stored: the byte 0xE9 as `\\xe9`."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _answer_text(value: Any) -> str | None:
-    """A gold answer as text, or None when the value is not a string or a finite number."""
+    """A gold answer as text, or None when the value is not a string or a number."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
         if not math.isfinite(value):
-            return None
+            return "nan" if math.isnan(value) else "inf"  # rejected as non-finite, as the same text is
         return str(int(value)) if value.is_integer() else repr(value)
     if isinstance(value, str):
         return value.strip()
@@ -203,15 +293,23 @@ def to_query(number: int, row: Any, mapping: FieldMapping, source: str) -> dict[
     if not isinstance(row, dict):
         return Rejection(number, "not_an_object", f"expected an object, got {type(row).__name__}", _raw(row))
     raw = _raw(row)
+    shape = _shape_problem(row)
+    if shape is not None:
+        return Rejection(number, *shape, raw)
     question = row.get(mapping.question)
     if question is None:
-        return Rejection(number, "missing_question", f"no {mapping.question!r} field", raw)
+        columns = ", ".join(map(str, list(row)[:20]))
+        detail = f"no {mapping.question!r} field (this row has: {columns}; name the question's with --question-field)"
+        return Rejection(number, "missing_question", detail, raw)
     if not isinstance(question, str):
         return Rejection(
             number, "wrong_type_question", f"{mapping.question!r} is {type(question).__name__}, expected a string", raw
         )
     if not question.strip():
         return Rejection(number, "empty_question", f"{mapping.question!r} is empty", raw)
+    if len(question) > mapping.max_question_chars:
+        detail = f"the question has {len(question)} characters; the limit is {mapping.max_question_chars}"
+        return Rejection(number, "question_too_long", detail, raw[:10_000])
     answer = row.get(mapping.answer)
     if answer is None:
         return Rejection(number, "missing_answer", f"no {mapping.answer!r} field", raw)
@@ -229,6 +327,11 @@ def to_query(number: int, row: Any, mapping: FieldMapping, source: str) -> dict[
     answers = [text for text in answers if text]
     if not answers:
         return Rejection(number, "empty_answer", f"{mapping.answer!r} is empty", raw)
+    if any(text.lower() in NON_FINITE for text in answers):
+        return Rejection(number, "non_finite_answer", f"{mapping.answer!r} holds {answers}: not a finite value", raw)
+    if any(len(text) > mapping.max_answer_chars for text in answers):
+        detail = f"an answer has {max(map(len, answers))} characters; the limit is {mapping.max_answer_chars}"
+        return Rejection(number, "answer_too_long", detail, raw[:10_000])
     task = row.get(mapping.task) or mapping.default_task
     if task not in TASKS:
         return Rejection(number, "invalid_task", f"task {task!r} is not one of {', '.join(TASKS)}", raw)
@@ -269,7 +372,8 @@ def import_queries(lake: Lake, path: str | Path, dataset: str, mapping: FieldMap
     if mapping.default_task not in TASKS:
         raise ImportFormatError(f"--task must be one of {', '.join(TASKS)}, got {mapping.default_task!r}")
     path = Path(path)
-    fingerprint = _fingerprint(path, mapping) if path.exists() else ""
+    check_source(path)
+    fingerprint = _fingerprint(path, mapping)
     for _ in range(STALE_ATTEMPTS):
         try:
             return _import_once(lake, path, dataset, mapping, fingerprint)
@@ -283,7 +387,7 @@ def _import_once(lake: Lake, path: Path, dataset: str, mapping: FieldMapping, fi
     source = str(path)
     report = ImportReport(dataset=dataset, source=source)
     previous = lake.versions("queries", dataset)
-    for info in previous:
+    for info in previous + lake.versions("rejected_inputs", dataset):
         if info.stage == STAGE and info.config_hash == fingerprint:
             report.already_imported = info
             return report
@@ -292,7 +396,7 @@ def _import_once(lake: Lake, path: Path, dataset: str, mapping: FieldMapping, fi
     existing_ids = {row["query_id"] for row in existing_rows}
     first_seen: dict[str, tuple[int, list[str]]] = {}
     new_rows = []
-    for number, row in read_source(path, mapping.split):
+    for number, row in read_source(path, mapping.split, mapping.encoding):
         report.rows_read += 1
         query = to_query(number, row, mapping, source)
         if isinstance(query, Rejection):
@@ -315,6 +419,8 @@ def _import_once(lake: Lake, path: Path, dataset: str, mapping: FieldMapping, fi
         new_rows.append(query)
 
     report.imported = len(new_rows)
+    if not new_rows and all(rejection.reason == "duplicate_existing" for rejection in report.rejected):
+        return report  # it adds nothing: no version, not even of its (all duplicate) rejections
     latest = previous[-1].version_id if previous else None
     lineage = Lineage(stage=STAGE, config_hash=fingerprint, input_versions=(latest,) if latest else ())
     with lake.transaction(lineage) as batch:
@@ -330,8 +436,8 @@ def _import_once(lake: Lake, path: Path, dataset: str, mapping: FieldMapping, fi
                         "source": source,
                         "row_number": r.row_number,
                         "reason": r.reason,
-                        "detail": r.detail,
-                        "raw": r.raw,
+                        "detail": _storable(r.detail),
+                        "raw": _storable(r.raw),
                     }
                     for r in report.rejected
                 ],

@@ -22,7 +22,16 @@ from tasks.core.errors import StageInputError
 from tasks.core.hashing import digest
 from tasks.core.lineage import gold_answers
 from tasks.core.prompts import repair_prompt
-from tasks.core.stage import Input, Model, Option, StageContext, StageResult, StageSpec, SummaryTable
+from tasks.core.stage import (
+    Input,
+    Model,
+    Option,
+    StageContext,
+    StageResult,
+    StageSpec,
+    SummaryTable,
+    errored_problem,
+)
 from tasks.core.tir import format_problem
 from tasks.generation.runner import (
     ENGINE_CONFIG,
@@ -158,7 +167,8 @@ def run(context: StageContext) -> StageResult:
                     **judged,
                 }
             )
-            if not judged["accepted"]:
+            # An errored attempt is not a failed repair: it stays this attempt, retried by the next run.
+            if not judged["accepted"] and row["finish_reason"] != "error":
                 still_pending.append(source)
         pending = still_pending
     metrics = repair_metrics(rows, sources)
@@ -167,7 +177,8 @@ def run(context: StageContext) -> StageResult:
             f"repairs/{context.name}: all {len(rows)} repair attempts errored, e.g. {rows[0]['reject_reason']}; "
             "nothing usable was written (re-run to retry them)"
         )
-    version = lake.commit_stage(context.name, {"repairs": rows}, context.lineage, metrics)["repairs"]
+    errors = metrics["generation_errors"]
+    version = lake.commit_stage(context.name, {"repairs": rows}, context.lineage, metrics, errored=errors)["repairs"]
     summary = SummaryTable(
         f"repair: {metrics['attempts']} attempts, hard-case reasons {metrics['reject_reasons']}",
         ("source label", "sources", "accepted", "hard cases", "mean quality: originals → repairs"),
@@ -178,8 +189,8 @@ def run(context: StageContext) -> StageResult:
             for label, kind in metrics["by_source_label"].items()
         ],
     )  # fmt: skip
-    errors = metrics["generation_errors"]
-    problem = f"{errors} repair attempts errored; re-run the same command to retry them" if errors else None
+    example = next((row["reject_reason"] for row in rows if row["finish_reason"] == "error"), None)
+    problem = errored_problem(errors, len(rows), "repair attempts", example)
     return StageResult({"repairs": version.version_id}, metrics, summary, problem=problem)
 
 

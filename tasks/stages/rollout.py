@@ -7,7 +7,16 @@ sampling seeds are deterministic (query, sample, fingerprint), so a re-run repro
 
 from __future__ import annotations
 
-from tasks.core.stage import Input, Model, Option, StageContext, StageResult, StageSpec, SummaryTable
+from tasks.core.stage import (
+    Input,
+    Model,
+    Option,
+    StageContext,
+    StageResult,
+    StageSpec,
+    SummaryTable,
+    errored_problem,
+)
 from tasks.generation.runner import EXECUTION_OPTIONS, Execution, generate_rollouts, settings_from_config
 
 
@@ -36,9 +45,7 @@ def run(context: StageContext) -> StageResult:
         ("finish reason", "trajectories"),
         sorted(report.finish_reasons.items()),
     )
-    problem = (
-        f"{report.errors} trajectories errored; re-run the same command to retry them" if report.errors else None
-    )
+    problem = errored_problem(report.errors, report.trajectories, "trajectories", report.first_error)
     notes = [f"generated on {report.nodes} Ray node(s)"] if report.nodes else []
     return StageResult({"rollouts": report.version.version_id}, metrics, summary, notes, problem)
 
