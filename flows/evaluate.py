@@ -14,6 +14,7 @@ def evaluate_flow(
     benchmarks: list[str] | None = None,
     tokenizer: str | None = None,
     no_ray: bool = False,
+    no_cache: bool = False,
     chart: str | None = None,
     name: str | None = None,
     profile: str = "cpu",

@@ -110,7 +110,8 @@ def _check_runtime(config: PipelineConfig, plan: Plan) -> None:
 def _check_model(ref: ModelRef, plan: Plan) -> None:
     """A served model answers and its tokenizer loads; a local model is a model directory."""
     if ref.kind == "served":
-        from tasks.generation.llm import load_tokenizer, probe_served
+        from tasks.generation.llm import load_tokenizer
+        from tasks.generation.served import probe_served
 
         if (why := probe_served(ref)) is not None:
             plan.error(why)

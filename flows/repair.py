@@ -16,6 +16,7 @@ def repair_flow(
     actors: int = 1,
     shard_size: int = 16,
     no_ray: bool = False,
+    no_cache: bool = False,
     name: str | None = None,
     profile: str = "cpu",
     overrides: list[str] | None = None,

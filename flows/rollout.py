@@ -18,6 +18,7 @@ def rollout_flow(
     actors: int = 1,
     shard_size: int = 16,
     no_ray: bool = False,
+    no_cache: bool = False,
     name: str | None = None,
     profile: str = "cpu",
     overrides: list[str] | None = None,

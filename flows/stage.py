@@ -185,4 +185,5 @@ def publish(spec: StageSpec, context: StageContext, result: StageResult) -> None
         table = [{"metric": name, "value": str(value)} for name, value in result.metrics.items()]
         description = spec.description
     outputs = ", ".join(f"{name}: {value}" for name, value in result.outputs.items())
-    create_table_artifact(key=key, table=table, description=f"{description} ({outputs})")
+    notes = "".join(f"; {note}" for note in result.notes)  # served-model usage and cost, where the Ray nodes were
+    create_table_artifact(key=key, table=table, description=f"{description} ({outputs}){notes}")

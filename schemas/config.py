@@ -42,14 +42,38 @@ class Section(BaseModel):
         return value
 
 
-class RolloutConfig(Section):
+class GeneratorSection(Section):
+    """What a generating stage (rollout, repair, evaluate) needs to reach its model."""
+
+    backend: Literal["transformers", "vllm", "openai", "openai-chat"] = Field(
+        "transformers",
+        description="transformers | vllm for a local model; a served one (URL#name) speaks /v1/completions "
+        "(openai, the default for it) or, with openai-chat, /v1/chat/completions (hosted APIs)",
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="tokenizer of a served model (default: the served name; for openai-chat, the policy's "
+        "tokenizer, sft.base_model's, which fills the token ids of the rows it writes)",
+    )
+    api_key_env: str | None = Field(
+        None,
+        description="environment variable holding the served model's key (default: OPENAI_API_KEY, then "
+        "AUTOTRAJ_API_KEY)",
+    )
+    chat_mode: Literal["tags", "tools"] = Field(
+        "tags",
+        description="openai-chat: tags = the TIR grammar in text (stop at closing tags); tools = native function "
+        "calls for python and search, stored in the same grammar",
+    )
+    chat_result_role: Literal["user", "tool"] = Field(
+        "user", description="openai-chat tags mode: the role of the message carrying a <result> back"
+    )
+
+
+class RolloutConfig(GeneratorSection):
     """Teacher rollout: N candidate trajectories per query with real tool execution."""
 
     model: str = Field("teacher", description="the teacher: a model reference (role, models/<name>, path, URL#name)")
-    backend: Literal["transformers", "openai", "vllm"] = Field(
-        "transformers", description="for local models; a served model (URL#name) always uses openai"
-    )
-    tokenizer: str | None = Field(None, description="tokenizer of a served model (default: the served name)")
     n: int = Field(4, ge=1, description="candidate trajectories per query")
     max_tool_calls: int = Field(3, ge=0)
     max_turns: int = Field(10, ge=1)
@@ -92,12 +116,10 @@ class ScoreConfig(Section):
     correct_threshold: float = Field(1.0, ge=0.0, le=1.0, description="outcome at or above which an answer is correct")
 
 
-class RepairConfig(Section):
+class RepairConfig(GeneratorSection):
     """LLM-as-Repairer: prompts, acceptance thresholds and attempts."""
 
     model: str = Field("repairer", description="the repairer: a model reference")
-    backend: Literal["transformers", "openai", "vllm"] = "transformers"
-    tokenizer: str | None = Field(None, description="tokenizer of a served model (default: the served name)")
     accept_threshold_correct_low_quality: float = 0.86
     accept_threshold_wrong: float = 0.80
     max_attempts: int = Field(1, ge=1)
@@ -169,12 +191,10 @@ class GrpoConfig(Section):
     seed: int = 0
 
 
-class EvaluateConfig(Section):
+class EvaluateConfig(GeneratorSection):
     """Side-by-side evaluation of models on benchmarks."""
 
     benchmarks: list[str] = Field(default_factory=list, description="queries datasets `autotraj eval` defaults to")
-    backend: Literal["transformers", "vllm"] = Field("transformers", description="for local models")
-    tokenizer: str | None = Field(None, description="tokenizer of served models (default: each served name)")
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
     max_queries: int | None = Field(None, ge=1)
 
@@ -243,7 +263,7 @@ def _default_data_dir() -> str:
 
 
 class RequestsConfig(Section):
-    """Requests to served models (the completions backend): timeout, retries, and a deadline per stage run."""
+    """Requests to served models: timeout, retries, a deadline per stage run, a rate cap, a cache, prices."""
 
     timeout_s: float = Field(300.0, gt=0.0, description="longest one request may take")
     attempts: int = Field(
@@ -257,6 +277,22 @@ class RequestsConfig(Section):
         description="a generating stage run starts no request after this many seconds; what is "
         "unfinished is errored, and the next run retries it (None = no deadline)",
     )
+    requests_per_minute: float | None = Field(
+        None, gt=0.0, description="cap on requests started per minute by each generation worker (hosted APIs)"
+    )
+    max_retry_after_s: float = Field(
+        60.0, ge=0.0, description="longest a 429's Retry-After is waited; a longer one counts as this"
+    )
+    cache: list[Literal["rollout", "repair", "evaluate"]] = Field(
+        ["evaluate"],
+        description="stages whose served-model requests are answered from a cache under the data directory when "
+        "repeated (endpoint, model, messages or prompt, sampling, seed, tools): replays cost nothing and repeat "
+        "exactly; --no-cache bypasses it",
+    )
+    price_per_million_prompt_tokens: float | None = Field(
+        None, ge=0.0, description="turns the usage a served model reports into a cost in the stage report"
+    )
+    price_per_million_completion_tokens: float | None = Field(None, ge=0.0)
 
 
 class RuntimeConfig(Section):

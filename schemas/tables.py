@@ -70,6 +70,9 @@ SCHEMAS: dict[str, pa.Schema] = {
             _required("prompt_tokens", pa.int32()),
             _required("completion_tokens", pa.int32()),
             _field("error", pa.string()),
+            # What a served model reported in `usage`, summed over the turns (null: a local model).
+            _field("usage_prompt_tokens", pa.int64()),
+            _field("usage_completion_tokens", pa.int64()),
         ]
     ),
     "scores": pa.schema(

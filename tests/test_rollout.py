@@ -17,7 +17,8 @@ from tasks.bootstrap import synth
 from tasks.core.prompts import Prompts, encode_prompt
 from tasks.core.tir import TOOL_STOPS, parse_tool_call, tool_segment_text
 from tasks.generation.engine import FINISH_REASONS, EngineLimits, RolloutEngine, Trajectory
-from tasks.generation.llm import OpenAIBackend, SamplingParams, TransformersBackend
+from tasks.generation.llm import SamplingParams, TransformersBackend
+from tasks.generation.served import OpenAIBackend, ServedOptions
 from tasks.generation.tools import ToolRunner
 from tests.conftest import cli_server, run_stage_here
 from tests.flaky_server import MODES, FlakyServer, flaky_server
@@ -228,7 +229,7 @@ def test_failing_server_is_retried_and_recorded(mode: str, tiny_models, pool) ->
     state = FlakyServer(modes=(mode,), stall_s=2.0)
     with flaky_server(state) as url:
         policy = RetryPolicy(timeout_s=0.5, attempts=2, backoff_s=0.05)
-        remote = OpenAIBackend(url, "default", tiny_models.teacher, policy=policy)
+        remote = OpenAIBackend(url, "default", tiny_models.teacher, options=ServedOptions(policy))
         trajectories = _engine(remote, pool).run(_trajectories(remote, 2), SamplingParams(temperature=0.0))
     assert state.calls == 4  # two contexts, two attempts each: a malformed body is retried like a dropped one
     assert all(t.finish_reason == "error" and url in (t.error or "") for t in trajectories)
@@ -240,7 +241,7 @@ def test_a_request_past_the_deadline_is_not_tried(tiny_models) -> None:
     state = FlakyServer(modes=("stall",), stall_s=2.0)
     with flaky_server(state) as url:
         remote = OpenAIBackend(url, "default", tiny_models.teacher)
-        remote.policy = RetryPolicy(timeout_s=30, attempts=4, backoff_s=0.05, deadline=time.time() + 0.5)
+        remote.served.policy = RetryPolicy(timeout_s=30, attempts=4, backoff_s=0.05, deadline=time.time() + 0.5)
         started = time.monotonic()
         (generation,) = remote.generate([[5, 6, 7]], [], SamplingParams(max_new_tokens=4))
     assert time.monotonic() - started < 1.5 and state.calls == 1  # cut at the deadline, not 30 s x 4

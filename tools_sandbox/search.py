@@ -13,8 +13,6 @@ import json
 import logging
 import os
 import shutil
-import sqlite3
-import threading
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from schemas.config import SearchConfig, private_dir
 from tools_sandbox.http_retry import MalformedResponse, RequestFailed, RetryPolicy, post_json
+from tools_sandbox.json_cache import JsonCache
 
 log = logging.getLogger(__name__)
 INDEX_FORMAT = 1
@@ -176,10 +175,9 @@ class RemoteSearch:
             raise SearchError(f"search server {exc}") from exc
 
 
-def _parse_reply(response: httpx.Response) -> list[Passage]:
+def _parse_reply(data: Any) -> list[Passage]:
     """The passages of a retriever's reply: [documents, scores], or documents alone."""
     try:
-        data = response.json()
         if (
             isinstance(data, list)
             and len(data) == 2
@@ -206,33 +204,26 @@ class CachedSearch:
     def __init__(self, searcher: Searcher, path: str | os.PathLike[str]):
         self.searcher = searcher
         self.identity = searcher.identity
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        with self._connection() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS search_cache (key TEXT PRIMARY KEY, passages TEXT NOT NULL)")
-        self.hits = self.misses = 0
+        self.cache = JsonCache(path, "search_cache")
 
-    def _connection(self) -> sqlite3.Connection:
-        if getattr(self._local, "db", None) is None:  # sqlite connections are per thread
-            self._local.db = sqlite3.connect(self.path, timeout=30)
-        return self._local.db
+    @property
+    def hits(self) -> int:
+        """Searches answered from the cache."""
+        return self.cache.hits
+
+    @property
+    def misses(self) -> int:
+        """Searches the backend answered."""
+        return self.cache.misses
 
     def search(self, query: str, k: int = 3) -> list[Passage]:
         """The cached passages for this query, or the backend's (then cached)."""
-        key = hashlib.sha256(json.dumps([self.identity, query, k]).encode()).hexdigest()
-        db = self._connection()
-        row = db.execute("SELECT passages FROM search_cache WHERE key = ?", (key,)).fetchone()
-        if row is not None:
-            self.hits += 1
-            return [Passage(**passage) for passage in json.loads(row[0])]
-        self.misses += 1
+        key = self.cache.key(self.identity, query, k)
+        stored = self.cache.get(key)
+        if stored is not None:
+            return [Passage(**passage) for passage in stored]
         passages = self.searcher.search(query, k)
-        with db:
-            db.execute(
-                "INSERT OR IGNORE INTO search_cache VALUES (?, ?)",
-                (key, json.dumps([asdict(p) for p in passages], ensure_ascii=False)),
-            )
+        self.cache.put(key, [asdict(p) for p in passages])
         return passages
 
 

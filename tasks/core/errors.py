@@ -16,11 +16,15 @@ class ModelReferenceError(FileNotFoundError):
     """A model reference that names no model: the reference and everything tried are in the message."""
 
 
+class ModelAuthError(PermissionError):
+    """A served model refused the key (401/403): no retry can fix it, the stage stops at once."""
+
+
 def permanent_errors() -> tuple[type[BaseException], ...]:
     """The exception types a retry cannot fix."""
     from schemas.lake import LakeError
 
-    return (ValueError, KeyError, TypeError, FileNotFoundError, LakeError)
+    return (ValueError, KeyError, TypeError, FileNotFoundError, PermissionError, LakeError)
 
 
 def is_permanent(error: BaseException) -> bool:

@@ -29,6 +29,7 @@ Kind = Literal["role", "registered", "path", "served", "endpoint"]
 # AUTOTRAJ_API_KEY for `autotraj serve-model` / `serve-rm`. Read from the environment, never stored.
 API_KEY_ENV = "AUTOTRAJ_API_KEY"
 SERVED_KEY_ENVS = ("OPENAI_API_KEY", API_KEY_ENV)
+SERVED_BACKENDS = ("openai", "openai-chat")  # /v1/completions with token ids; /v1/chat/completions with messages
 
 
 def bootstrap_dir(data_dir: str | Path, size: str = "full", seed: int = 0) -> Path:
@@ -42,7 +43,7 @@ class ModelRef:
 
     reference: str  # as the user wrote it
     kind: Kind
-    backend: str = "transformers"  # transformers | vllm for local models, openai for served ones
+    backend: str = "transformers"  # transformers | vllm for local models, openai | openai-chat for served ones
     path: str | None = None  # a local model directory
     url: str | None = None  # served: the API base (…/v1); endpoint: the server URL
     served_name: str | None = None
@@ -91,7 +92,7 @@ def _directory_signature(path: Path) -> list[tuple[str, int, int]]:
     return sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file())
 
 
-def _served(reference: str, tokenizer: str | None) -> ModelRef:
+def _served(reference: str, tokenizer: str | None, backend: str) -> ModelRef:
     url, _, name = reference.partition("#")
     url = url.rstrip("/")
     if not name:
@@ -104,7 +105,8 @@ def _served(reference: str, tokenizer: str | None) -> ModelRef:
     local = Path(tokenizer).expanduser()
     if local.exists():  # a path (relative to the working directory), not a Hub id
         tokenizer = str(local.absolute())
-    return ModelRef(reference, "served", "openai", url=url, served_name=name, tokenizer=tokenizer)
+    protocol = "openai-chat" if backend == "openai-chat" else "openai"
+    return ModelRef(reference, "served", protocol, url=url, served_name=name, tokenizer=tokenizer)
 
 
 def _registered(lake: Lake, reference: str) -> ModelRef | None:
@@ -139,16 +141,17 @@ def resolve_model(
     """Resolve a model reference; raise ModelReferenceError naming the reference and what was tried.
 
     `lake` is where registered models are looked up (None: registered models are not considered).
-    `backend` is the configured backend for local models; served models always use `openai`.
+    `backend` is the configured backend: for local models transformers or vllm; served models use
+    `openai` (/v1/completions) unless it is `openai-chat`.
     """
     reference = reference.strip()
     if reference.startswith(("http://", "https://")):
         if "#" not in reference and allow_endpoint:
             return ModelRef(reference, "endpoint", "http", url=reference.rstrip("/"))
-        return _served(reference, tokenizer)
-    if backend == "openai":
+        return _served(reference, tokenizer, backend)
+    if backend in SERVED_BACKENDS:
         raise ModelReferenceError(
-            f"model {reference!r}: backend openai needs a served model, http(s)://HOST[:PORT]/v1#SERVED_NAME"
+            f"model {reference!r}: backend {backend} needs a served model, http(s)://HOST[:PORT]/v1#SERVED_NAME"
         )
     tried = []
     if reference in ROLES:

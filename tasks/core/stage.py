@@ -26,7 +26,7 @@ from typing import Any, Literal
 from schemas.config import PipelineConfig, config_hash
 from schemas.lake import DATASET_NAME, Lake, Lineage, VersionInfo, code_version
 from tasks.core.errors import ModelReferenceError
-from tasks.core.models import ModelRef, resolve_model
+from tasks.core.models import SERVED_BACKENDS, ModelRef, resolve_model
 from tasks.core.prompts import PROMPT_FILES, config_value, prompt_path
 
 Progress = Callable[[int, int, str], None]  # (done, total, what the last step said)
@@ -235,6 +235,11 @@ def resolve_reference(
 ) -> ModelRef:
     """One reference of a model parameter, resolved with the parameter's backend and checked against its needs."""
     backend = config_value(config, model.backend) if model.backend else "transformers"
+    served = reference.strip().startswith(("http://", "https://"))
+    if model.many and backend in SERVED_BACKENDS and not served:
+        backend = "transformers"  # a comparison mixes served and local models: the protocol is for the served
+    if backend == "openai-chat" and tokenizer is None and served:  # a hosted API has no tokenizer: the policy's
+        tokenizer = resolve_model(config.sft.base_model, data_dir=config.runtime.data_dir, lake=lake).path
     ref = resolve_model(reference, data_dir=config.runtime.data_dir, lake=lake, backend=backend, tokenizer=tokenizer,
                         allow_endpoint=model.endpoint_ok)  # fmt: skip
     if model.local and not ref.local:

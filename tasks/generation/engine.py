@@ -72,6 +72,9 @@ class Trajectory:
     error: str | None = None
     seed: int | None = None  # this trajectory's sampling seed (each turn derives its own from it)
     session: PythonSession | None = None
+    system: str | None = None  # the prompt's messages, for chat backends (which take messages, not ids)
+    user: str = ""
+    usage: list[int] | None = None  # [prompt, completion] tokens a served model reported, summed over turns
 
     @property
     def done(self) -> bool:
@@ -122,6 +125,8 @@ class RolloutEngine:
     def _apply(self, trajectory: Trajectory, generation: Generation) -> ToolCall | None:
         """Record one turn's generation; return the tool call to run, if any."""
         trajectory.num_turns += 1
+        if generation.usage is not None:
+            trajectory.usage = [a + b for a, b in zip(trajectory.usage or [0, 0], generation.usage, strict=True)]
         budget = self.limits.max_total_tokens - len(trajectory.completion_ids)
         ids, text = generation.token_ids, generation.text
         over_budget = len(ids) > budget
@@ -170,11 +175,14 @@ class RolloutEngine:
                 top_p=params.top_p,
                 logprobs=params.logprobs,
             )
-            contexts = [t.context() for t in active]
             seeds = [t.turn_seed(params.seed) for t in active]
-            generations = self.backend.generate(
-                contexts, STOP_STRINGS, turn_params, keys=[id(t) for t in active], seeds=seeds
-            )
+            if getattr(self.backend, "speaks_chat", False):  # a chat API continues the conversation itself
+                generations = self.backend.generate_chat(active, STOP_STRINGS, turn_params, seeds)  # type: ignore[attr-defined]
+            else:
+                contexts = [t.context() for t in active]
+                generations = self.backend.generate(
+                    contexts, STOP_STRINGS, turn_params, keys=[id(t) for t in active], seeds=seeds
+                )
             calls = []
             for trajectory, generation in zip(active, generations, strict=True):
                 call = self._apply(trajectory, generation)

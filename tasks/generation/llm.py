@@ -1,9 +1,8 @@
 """LLM backends behind one small interface: batched continuation of token-id contexts with stop strings.
 
 - TransformersBackend: batched `generate` with left padding and stop strings (CPU or GPU).
-- OpenAIBackend: any OpenAI-compatible completions endpoint (vLLM/SGLang serve, hosted APIs,
-  `autotraj serve-model`), with bounded concurrency, timeouts and retries; a request that finally
-  fails becomes an errored Generation for its context only.
+- Served models (tasks/generation/served.py: /v1/completions with token ids; chat.py:
+  /v1/chat/completions with messages, for hosted APIs); backends.py opens the one a reference names.
 - VLLMBackend: vLLM's offline engine (GPU only, `gpu` extra). Not runnable on these machines:
   kept thin and UNTESTED here.
 
@@ -14,18 +13,12 @@ joined text (BPE would merge across a tag boundary).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Hashable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
-import httpx
-
 from tasks.core.hashing import stable_int
-from tasks.core.models import SERVED_KEY_ENVS, ModelRef
-from tools_sandbox.http_retry import MalformedResponse, RequestFailed, RetryPolicy, post_json
 
 log = logging.getLogger(__name__)
 Finish = Literal["stop", "eos", "length", "error"]
@@ -53,6 +46,8 @@ class Generation:
     stop: str | None = None  # the stop string it ended on
     logprobs: list[float] | None = None
     error: str | None = None
+    usage: tuple[int, int] | None = None  # (prompt, completion) tokens a served model reported
+    cached: bool = False  # answered from the reply cache (it cost nothing)
 
 
 class LLMBackend(Protocol):
@@ -330,111 +325,6 @@ class _KeptBatch:
         return input_ids, attention, self.cache
 
 
-def auth_headers(api_key: str | None = None, envs: Sequence[str] = SERVED_KEY_ENVS) -> dict[str, str]:
-    """The bearer header for a served model: the key given, else the first of `envs` that is set."""
-    key = api_key or next((os.environ[env] for env in envs if os.environ.get(env)), None)
-    return {"Authorization": f"Bearer {key}"} if key else {}
-
-
-def probe_served(model: ModelRef, timeout_s: float = 3.0) -> str | None:
-    """Why a served model cannot be used right now (its server does not answer, or does not serve that
-    name), or None when GET /v1/models lists it. Loads nothing."""
-    url = f"{model.url}/models"
-    try:
-        response = httpx.get(url, timeout=timeout_s, headers=auth_headers())
-        response.raise_for_status()
-        served = [entry.get("id") for entry in response.json().get("data", [])]
-    except (httpx.HTTPError, ValueError, AttributeError) as exc:
-        detail = f"HTTP {exc.response.status_code}" if isinstance(exc, httpx.HTTPStatusError) else type(exc).__name__
-        return f"served model {model.location}: {url} does not answer ({detail})"
-    if model.served_name not in served:
-        return f"served model {model.location}: the server at {model.url} serves {served}, not {model.served_name!r}"
-    return None
-
-
-class OpenAIBackend:
-    """An OpenAI-compatible /v1/completions server, one request per context, `concurrency` in flight."""
-
-    def __init__(
-        self,
-        url: str,
-        model: str,
-        tokenizer_path: str,
-        concurrency: int = 16,
-        policy: RetryPolicy | None = None,
-        api_key: str | None = None,
-    ):
-        self.name = model
-        self.url = url.rstrip("/") + ("" if url.rstrip("/").endswith("/v1") else "/v1") + "/completions"
-        self.tokenizer = load_tokenizer(tokenizer_path)
-        self.concurrency = concurrency
-        self.policy = policy or RetryPolicy()
-        self.client = httpx.Client(timeout=httpx.Timeout(self.policy.timeout_s), headers=auth_headers(api_key))
-        self.failed_requests = 0
-
-    def generate(
-        self,
-        contexts: Sequence[list[int]],
-        stop: Sequence[str],
-        params: SamplingParams,
-        keys: Sequence[Hashable] | None = None,
-        seeds: Sequence[int] | None = None,
-    ) -> list[Generation]:
-        """One request per context, each with its own seed; a request that fails after its retries
-        errors only its context.
-
-        `keys` are not needed: servers such as vLLM and SGLang cache shared prefixes themselves.
-        """
-        requests = [_seeded(params, seeds, index) for index in range(len(contexts))]
-        with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(lambda ids, p: self._complete(ids, stop, p), contexts, requests))
-
-    def _complete(self, ids: list[int], stop: Sequence[str], params: SamplingParams) -> Generation:
-        body: dict[str, Any] = {
-            "model": self.name,
-            "prompt": ids,
-            "max_tokens": params.max_new_tokens,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-            "stop": list(stop),
-            "include_stop_str_in_output": True,  # vLLM; others drop the stop string and name it in stop_reason
-            "return_token_ids": True,
-        }
-        if params.seed is not None:
-            body["seed"] = params.seed
-        if params.logprobs:
-            body["logprobs"] = 1
-        try:
-            return post_json(self.client, self.url, body, self.policy, lambda reply: self._parse(reply, stop))
-        except RequestFailed as exc:
-            self.failed_requests += 1
-            log.warning("completion request failed: %s", exc)
-            return Generation([], "", "error", error=str(exc))
-
-    def _parse(self, response: httpx.Response, stop: Sequence[str]) -> Generation:
-        """A reply's first choice as a Generation; MalformedResponse (retried) when the body is not one."""
-        try:
-            choice = response.json()["choices"][0]
-            if not isinstance(choice, dict) or not isinstance(choice.get("text", ""), str):
-                raise TypeError(f"choice is {type(choice).__name__}")
-            return self._parse_choice(choice, stop)
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise MalformedResponse(f"not a completions reply ({type(exc).__name__}: {exc})"[:300]) from exc
-
-    def _parse_choice(self, choice: dict[str, Any], stop: Sequence[str]) -> Generation:
-        text = choice.get("text", "")
-        stop_reason = choice.get("stop_reason")
-        if isinstance(stop_reason, str) and stop_reason in stop and not text.endswith(stop_reason):
-            text += stop_reason  # servers that drop the matched stop string
-        token_ids = choice.get("token_ids") or self.tokenizer.encode(text, add_special_tokens=False)
-        logprobs = (choice.get("logprobs") or {}).get("token_logprobs")
-        if choice.get("finish_reason") == "length":
-            return Generation(token_ids, text, "length", logprobs=logprobs)
-        generation = finish_generation(self.tokenizer, token_ids, stop, ended_by_eos=True)
-        generation.text, generation.logprobs = text, logprobs
-        return generation
-
-
 class VLLMBackend:
     """vLLM's offline engine. UNTESTED here (no GPU on these machines); needs the `gpu` extra."""
 
@@ -470,7 +360,7 @@ class VLLMBackend:
                 max_tokens=params.max_new_tokens,
                 temperature=params.temperature,
                 top_p=params.top_p,
-                seed=_seeded(params, seeds, index).seed,
+                seed=seeded(params, seeds, index).seed,
                 stop=list(stop),
                 include_stop_str_in_output=True,
                 logprobs=0 if params.logprobs else None,
@@ -503,7 +393,7 @@ def _stop_when_set(event: threading.Event) -> Any:
     return StopWhenSet()
 
 
-def _seeded(params: SamplingParams, seeds: Sequence[int] | None, index: int) -> SamplingParams:
+def seeded(params: SamplingParams, seeds: Sequence[int] | None, index: int) -> SamplingParams:
     """`params` with the seed of one context (its own, when `seeds` gives one)."""
     return params if seeds is None else replace(params, seed=seeds[index])
 
@@ -542,22 +432,3 @@ def row_sampler(params: SamplingParams, seeds: list[int], device: Any) -> Any:
     if params.top_p < 1.0:
         processors.append(TopPLogitsWarper(params.top_p))
     return LogitsProcessorList([*processors, RowGumbel()])
-
-
-def open_backend(model: ModelRef, batch_size: int = 64, policy: RetryPolicy | None = None) -> LLMBackend:
-    """The backend for a resolved model reference: a served model over HTTP, or a local one.
-
-    `batch_size` is the contexts per generate call for a local model, the requests in flight for a
-    served one; `policy` how a served one's requests are timed out and retried.
-    """
-    if model.kind == "served":
-        return OpenAIBackend(
-            model.url or "", model.served_name or "", model.tokenizer or "", concurrency=batch_size, policy=policy
-        )
-    if model.path is None:
-        raise ValueError(f"model {model.reference!r} cannot generate: it is not a local or served model")
-    if model.backend == "vllm":
-        return VLLMBackend(model.path)
-    if model.backend == "transformers":
-        return TransformersBackend(model.path, batch_size=batch_size)
-    raise ValueError(f"unknown backend {model.backend!r} for {model.reference!r}; choose transformers or vllm")

@@ -15,19 +15,22 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from schemas.config import PipelineConfig
+from schemas.config import GeneratorSection, PipelineConfig
 from schemas.lake import Lake, Lineage, VersionInfo
 from tasks.core.errors import StageInputError
 from tasks.core.hashing import digest, stable_int
 from tasks.core.models import ModelRef
 from tasks.core.prompts import Prompts, encode_prompt
 from tasks.core.stage import Option
+from tasks.generation.backends import open_backend
 from tasks.generation.engine import EngineLimits, RolloutEngine, Trajectory
-from tasks.generation.llm import SamplingParams, open_backend
+from tasks.generation.llm import SamplingParams
+from tasks.generation.served import ServedOptions
 from tasks.generation.tools import needs_search, open_tools
 from tools_sandbox.http_retry import RetryPolicy
 
@@ -51,7 +54,7 @@ class GenerationSettings:
     limits: EngineLimits
     sampling: SamplingParams
     prompts: Prompts
-    policy: RetryPolicy = field(default_factory=RetryPolicy)  # requests to a served model
+    served: ServedOptions = field(default_factory=ServedOptions)  # how a served model is reached
     search_required: bool = True  # False when no query's task needs search: a missing corpus is then fine
 
     def item(self, trajectory_id: str, query_id: str, sample_index: int, user: str) -> WorkItem:
@@ -74,14 +77,17 @@ ENGINE_CONFIG = (
 
 
 def settings_from_config(
-    config: PipelineConfig, temperature: float | None = None, deadline: bool = True
+    config: PipelineConfig, stage: str = "rollout", deadline: bool = True, cache: bool = True
 ) -> GenerationSettings:
-    """Engine limits, sampling and prompts from the rollout section (`temperature` overrides its own), and
-    the request policy, whose deadline (`requests.stage_deadline_s`, unless `deadline` is False: GRPO's
-    rollouts must all finish) counts from now."""
+    """Engine limits and prompts from the rollout section, sampling at `stage`'s temperature, and how
+    `stage` reaches a served model: its key, chat mode, the `requests` policy (whose deadline,
+    `requests.stage_deadline_s`, counts from now unless `deadline` is False: GRPO's rollouts must all
+    finish), and the reply cache when `requests.cache` names the stage and `cache` (--no-cache) allows."""
     section, requests = config.rollout, config.requests
     seconds = requests.stage_deadline_s if deadline else None
     deadline_at = None if seconds is None else time.time() + seconds
+    cached = cache and stage in requests.cache
+    generator: GeneratorSection = getattr(config, stage)
     return GenerationSettings(
         config=config,
         limits=EngineLimits(
@@ -93,15 +99,41 @@ def settings_from_config(
         ),
         sampling=SamplingParams(
             max_new_tokens=section.max_new_tokens_per_turn,
-            temperature=section.temperature if temperature is None else temperature,
+            temperature=generator.temperature,
             top_p=section.top_p,
             seed=section.seed,
         ),
         prompts=Prompts.from_config(config),
-        policy=RetryPolicy(
-            requests.timeout_s, requests.attempts, requests.backoff_s, requests.max_backoff_s, deadline_at
+        served=ServedOptions(
+            policy=RetryPolicy(requests.timeout_s, requests.attempts, requests.backoff_s, requests.max_backoff_s,
+                               deadline_at, requests.max_retry_after_s),
+            api_key_env=generator.api_key_env,
+            cache_path=str(Path(config.runtime.data_dir) / "cache" / "requests.sqlite") if cached else None,
+            requests_per_minute=requests.requests_per_minute,
+            chat_mode=generator.chat_mode,
+            chat_result_role=generator.chat_result_role,
         ),
-    )
+    )  # fmt: skip
+
+
+def usage_note(usage: dict[str, Any]) -> list[str]:
+    """The line a stage shows for what a served model reported (none for local models)."""
+    if not usage.get("prompt_tokens") and not usage.get("completion_tokens"):
+        return []
+    cost = f", cost {usage['cost']:.4f}" if "cost" in usage else ""
+    tokens = f"{usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion tokens"
+    return [f"served model usage: {tokens}{cost}"]
+
+
+def usage_metrics(rows: Sequence[dict], config: PipelineConfig) -> dict[str, Any]:
+    """Tokens a served model reported for these rows, and their cost where `requests` has prices."""
+    prompt = sum(row.get("usage_prompt_tokens") or 0 for row in rows)
+    completion = sum(row.get("usage_completion_tokens") or 0 for row in rows)
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion}
+    prices = config.requests.price_per_million_prompt_tokens, config.requests.price_per_million_completion_tokens
+    if any(price is not None for price in prices):
+        usage["cost"] = round((prompt * (prices[0] or 0) + completion * (prices[1] or 0)) / 1e6, 6)
+    return usage
 
 
 def trajectory_rows(items: Sequence[WorkItem], trajectories: Sequence[Trajectory], model: str) -> list[dict]:
@@ -124,6 +156,8 @@ def trajectory_rows(items: Sequence[WorkItem], trajectories: Sequence[Trajectory
                 "prompt_tokens": len(trajectory.prompt_ids),
                 "completion_tokens": len(trajectory.completion_ids),
                 "error": trajectory.error,
+                "usage_prompt_tokens": trajectory.usage[0] if trajectory.usage else None,
+                "usage_completion_tokens": trajectory.usage[1] if trajectory.usage else None,
             }
         )
     return rows
@@ -138,7 +172,7 @@ class GenerationWorker:
     def __init__(self, model: ModelRef, settings: GenerationSettings):
         self.model = model
         self.settings = settings
-        self.backend = open_backend(model, settings.config.rollout.batch_size, settings.policy)
+        self.backend = open_backend(model, settings.config.rollout.batch_size, settings.served)
         self.tools = open_tools(settings.config, search_required=settings.search_required)
         self.engine = RolloutEngine(self.backend, self.tools, settings.limits)
 
@@ -158,7 +192,9 @@ class GenerationWorker:
         else:
             text, ids = encode_prompt(self.backend.tokenizer, self.settings.prompts.system, item.user)
             if len(ids) <= limit:
-                return Trajectory(item.query_id, item.sample_index, text, ids, seed=item.seed)
+                system = self.settings.prompts.system
+                return Trajectory(item.query_id, item.sample_index, text, ids, seed=item.seed, system=system,
+                                  user=item.user)  # fmt: skip
             reason = f"the prompt has {len(ids)} tokens"
         trajectory = Trajectory(item.query_id, item.sample_index, "", [], seed=item.seed)
         trajectory.finish("rejected", f"{reason}; rollout.max_prompt_tokens is {limit}")
@@ -224,12 +260,15 @@ class Execution:
 
 NO_RAY = Option("no_ray", bool, "Generate in this process instead of Ray actors.", default=False,
                 affects_output=False)  # fmt: skip
+NO_CACHE = Option("no_cache", bool, "Send every request to a served model, even where requests.cache would answer it.",
+                  default=False, affects_output=False)  # fmt: skip
 # The options of a generating stage that shape its execution, never its output.
 EXECUTION_OPTIONS = (
     Option("actors", int, "Ray generation actors (one per GPU).", default=1, affects_output=False),
     Option("shard_size", int, "Queries per shard (each shard is committed when done).", default=16,
            affects_output=False),
     NO_RAY,
+    NO_CACHE,
 )  # fmt: skip
 
 
@@ -283,6 +322,7 @@ class RolloutReport:
     errors: int  # errored trajectories (retried by a re-run); rejected ones are not errors
     finish_reasons: dict[str, int] = field(default_factory=dict)
     first_error: str | None = None
+    usage: dict[str, Any] = field(default_factory=dict)  # tokens a served model reported, and their cost
 
 
 def generate_rollouts(
@@ -322,11 +362,12 @@ def generate_rollouts(
             f"rollouts/{dataset} from {queries_info.version_id}: all {len(run.rows)} trajectories errored, "
             f"e.g. {first}; nothing usable was written (re-run to retry them)"
         )
-    unchanged = lake.latest_matching("rollouts", dataset, lineage) if not run.generated else None
-    version = unchanged or lake.write("rollouts", dataset, run.rows, lineage, errored=reasons["error"])
+    usage = usage_metrics(run.rows, settings.config)
+    metrics = {"finish_reasons": dict(reasons), "usage": usage}
+    version = lake.commit_stage(dataset, {"rollouts": run.rows}, lineage, metrics, errored=reasons["error"])
     first_error = next((row["error"] for row in run.rows if row["finish_reason"] == "error"), None)
-    return RolloutReport(version, len(run.rows), run.generated, run.shards, run.nodes, reasons["error"],
-                         dict(reasons), first_error)  # fmt: skip
+    return RolloutReport(version["rollouts"], len(run.rows), run.generated, run.shards, run.nodes, reasons["error"],
+                         dict(reasons), first_error, usage)  # fmt: skip
 
 
 def _work_items(queries: pa.Table, samples: int, key: str, settings: GenerationSettings) -> list[WorkItem]:

@@ -22,7 +22,7 @@ from pydantic import BaseModel, model_validator
 
 from tasks.core.models import API_KEY_ENV
 from tasks.core.prompts import Prompts, encode_prompt
-from tasks.generation.llm import auth_headers
+from tasks.generation.served import auth_headers
 from tasks.serving.guard import ModelWorker, RequestGuard, context_length, guarded, model_app
 from tasks.training.features import score_sequences
 

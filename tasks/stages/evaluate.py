@@ -31,7 +31,16 @@ from tasks.core.stage import (
     SummaryTable,
     errored_problem,
 )
-from tasks.generation.runner import ENGINE_CONFIG, NO_RAY, Execution, generate_rollouts, settings_from_config
+from tasks.generation.runner import (
+    ENGINE_CONFIG,
+    NO_CACHE,
+    NO_RAY,
+    Execution,
+    generate_rollouts,
+    settings_from_config,
+    usage_metrics,
+    usage_note,
+)
 from tasks.reports.charts import plot_comparison
 from tasks.scoring.quality import errored, score_rows
 
@@ -70,7 +79,7 @@ def run(context: StageContext) -> StageResult:
     labels = [model.label for model in models]
     if len(set(labels)) != len(labels):
         raise ValueError(f"models to compare must differ; got {labels}")
-    settings = settings_from_config(config, temperature=config.evaluate.temperature)
+    settings = settings_from_config(config, "evaluate", cache=not options["no_cache"])
     shared = {key: value for key, value in context.fingerprint.items() if key != "models"}
     progress = context.progress
     results: list[dict[str, Any]] = []
@@ -78,6 +87,7 @@ def run(context: StageContext) -> StageResult:
     examples: dict[str, int] = {}
     rollouts: list[str] = []
     errored_rows, first_error = 0, None
+    every_row: list[dict[str, Any]] = []
     for benchmark in context.inputs["benchmarks"]:
         versions = []
         for model in models:
@@ -92,8 +102,9 @@ def run(context: StageContext) -> StageResult:
             versions.append(report.version)
         rollouts += [version.version_id for version in versions]
         columns = ["trajectory_id", "query_id", "model", "response", "segments", "completion_tokens", "finish_reason",
-                   "error"]  # fmt: skip
+                   "error", "usage_prompt_tokens", "usage_completion_tokens"]  # fmt: skip
         pooled = [row for version in versions for row in lake.read(version, columns=columns).to_pylist()]
+        every_row += pooled
         usable = [row for row in pooled if not errored(row)]
         tokens = {row["trajectory_id"]: row["completion_tokens"] for row in usable}
         scored = score_rows(usable, gold_answers(lake, versions[0]), config.score)
@@ -114,7 +125,8 @@ def run(context: StageContext) -> StageResult:
             ]  # fmt: skip
     lineage = Lineage(context.stage, config_hash=context.lineage.config_hash,
                       input_versions=(*context.lineage.input_versions, *rollouts))  # fmt: skip
-    version = lake.commit_stage(context.name, {"eval_results": results}, lineage, {"metrics": metrics},
+    usage = usage_metrics(every_row, config)
+    version = lake.commit_stage(context.name, {"eval_results": results}, lineage, {"metrics": metrics, "usage": usage},
                                 errored=errored_rows)  # fmt: skip
     summary = SummaryTable(
         f"{', '.join(f'{b} ({n} questions)' for b, n in examples.items())}",
@@ -127,8 +139,8 @@ def run(context: StageContext) -> StageResult:
     outputs = {"eval_results": version["eval_results"].version_id}
     problem = errored_problem(errored_rows, sum(examples.values()) * len(models), "evaluation trajectories",
                               first_error)  # fmt: skip
-    return StageResult(outputs, {"metrics": metrics, "examples": examples, "chart": str(chart)}, summary,
-                       notes=[f"chart: {chart}"], problem=problem)  # fmt: skip
+    figures = {"metrics": metrics, "examples": examples, "chart": str(chart), "usage": usage}
+    return StageResult(outputs, figures, summary, notes=[f"chart: {chart}", *usage_note(usage)], problem=problem)
 
 
 SPEC = StageSpec(
@@ -147,6 +159,7 @@ SPEC = StageSpec(
         Option("tokenizer", str, "Tokenizer of served models [default: evaluate.tokenizer, else each served name].",
                config="evaluate.tokenizer", affects_output=False),
         NO_RAY,
+        NO_CACHE,
         Option("chart", str, "Chart PNG [default: <data dir>/reports/<name>.png].", affects_output=False),
     ),
     run=run,

@@ -202,7 +202,7 @@ def grpo_trainer(
     from trl import GRPOConfig, GRPOTrainer
 
     section = config.grpo
-    settings = settings_from_config(config, deadline=False)
+    settings = settings_from_config(config, deadline=False, cache=False)
     args = GRPOConfig(
         output_dir=str(output_dir),
         num_generations=section.num_generations,
@@ -252,7 +252,7 @@ def run(context: StageContext) -> StageResult:
     config = context.config
     queries_info = context.inputs["queries"]
     policy = context.models["policy"]
-    settings = settings_from_config(config, deadline=False)
+    settings = settings_from_config(config, deadline=False, cache=False)
     steps = context.options["max_steps"]
     rows = context.lake.read(queries_info, columns=["query_id", "question", "answers", "task"]).to_pylist()
     if not rows:

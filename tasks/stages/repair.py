@@ -39,6 +39,8 @@ from tasks.generation.runner import (
     Execution,
     generate_resumable,
     settings_from_config,
+    usage_metrics,
+    usage_note,
 )
 from tasks.generation.tools import needs_search
 from tasks.scoring.quality import own_length_quality, quality_summary
@@ -124,7 +126,7 @@ def run(context: StageContext) -> StageResult:
     """Repair the low-quality and wrong trajectories of a scores version; write `repairs/<name>`."""
     config, lake, options = context.config, context.lake, context.options
     sources, queries = _sources(context)
-    settings = settings_from_config(config, temperature=config.repair.temperature)
+    settings = settings_from_config(config, "repair", cache=not options["no_cache"])
     settings.search_required = needs_search(queries[source["query_id"]]["task"] for source in sources)
     prompts = {
         source["trajectory_id"]: repair_prompt(
@@ -135,6 +137,7 @@ def run(context: StageContext) -> StageResult:
     execution = Execution.from_options(options)
     progress = context.progress
     rows: list[dict] = []
+    usage_rows: list[dict] = []
     pending = list(sources)
     for attempt in range(1, config.repair.max_attempts + 1):
         if not pending:
@@ -149,6 +152,7 @@ def run(context: StageContext) -> StageResult:
             settings, execution, None if progress is None else lambda done, total: progress(done, total, "repairs"),
         )  # fmt: skip
         still_pending = []
+        usage_rows += generated.rows
         for source, row in zip(pending, generated.rows, strict=True):
             judged = judge_repair(row, queries[source["query_id"]], source["label"], config)
             rows.append(
@@ -171,7 +175,7 @@ def run(context: StageContext) -> StageResult:
             if not judged["accepted"] and row["finish_reason"] != "error":
                 still_pending.append(source)
         pending = still_pending
-    metrics = repair_metrics(rows, sources)
+    metrics = repair_metrics(rows, sources) | {"usage": usage_metrics(usage_rows, config)}
     if sources and metrics["generation_errors"] == len(rows):
         raise StageInputError(
             f"repairs/{context.name}: all {len(rows)} repair attempts errored, e.g. {rows[0]['reject_reason']}; "
@@ -191,7 +195,7 @@ def run(context: StageContext) -> StageResult:
     )  # fmt: skip
     example = next((row["reject_reason"] for row in rows if row["finish_reason"] == "error"), None)
     problem = errored_problem(errors, len(rows), "repair attempts", example)
-    return StageResult({"repairs": version.version_id}, metrics, summary, problem=problem)
+    return StageResult({"repairs": version.version_id}, metrics, summary, usage_note(metrics["usage"]), problem)
 
 
 SPEC = StageSpec(

@@ -17,7 +17,13 @@ from tasks.core.stage import (
     SummaryTable,
     errored_problem,
 )
-from tasks.generation.runner import EXECUTION_OPTIONS, Execution, generate_rollouts, settings_from_config
+from tasks.generation.runner import (
+    EXECUTION_OPTIONS,
+    Execution,
+    generate_rollouts,
+    settings_from_config,
+    usage_note,
+)
 
 
 def run(context: StageContext) -> StageResult:
@@ -29,7 +35,7 @@ def run(context: StageContext) -> StageResult:
         context.inputs["queries"],
         context.name,
         context.models["model"],
-        settings_from_config(context.config),
+        settings_from_config(context.config, "rollout", cache=not options["no_cache"]),
         context.lineage,
         key=context.digest,
         samples=options["n"],
@@ -39,7 +45,7 @@ def run(context: StageContext) -> StageResult:
     )
     metrics = {"trajectories": report.trajectories, "generated": report.generated, "errors": report.errors,
                "shards_committed": report.shards_committed, "ray_nodes": report.nodes,
-               "finish_reasons": report.finish_reasons}  # fmt: skip
+               "finish_reasons": report.finish_reasons, "usage": report.usage}  # fmt: skip
     summary = SummaryTable(
         f"{report.trajectories} trajectories ({report.generated} generated now)",
         ("finish reason", "trajectories"),
@@ -47,6 +53,7 @@ def run(context: StageContext) -> StageResult:
     )
     problem = errored_problem(report.errors, report.trajectories, "trajectories", report.first_error)
     notes = [f"generated on {report.nodes} Ray node(s)"] if report.nodes else []
+    notes += usage_note(report.usage)
     return StageResult({"rollouts": report.version.version_id}, metrics, summary, notes, problem)
 
 
