@@ -12,7 +12,7 @@ import duckdb
 import pyarrow as pa
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from schemas.tables import SCHEMAS, VERSION_COLUMN, VERSIONED_TABLES
+from schemas.tables import SCHEMAS, SHARD_MARKER, VERSION_COLUMN, VERSIONED_TABLES
 
 DUCKDB_VERSION = "v1.5.5"
 CLOCK_TABLE = "write_clock"  # internal: one row every write replaces (see Lake._insert_versions)
@@ -138,9 +138,11 @@ def _duckdb_type(con: duckdb.DuckDBPyConnection, column: pa.Field) -> str:
 
 
 def create_views(con: duckdb.DuckDBPyConnection) -> None:
-    """The views user SQL sees: `<table>` (latest version of each dataset), `<table>_all`, `runs`."""
+    """The views user SQL sees: `<table>` (latest version of each dataset; stages' internal shard
+    datasets left out, so each trajectory counts once), `<table>_all` (every version), `runs`."""
     con.execute(
         "CREATE OR REPLACE TEMP VIEW latest_versions AS SELECT * FROM lake.runs "
+        f"WHERE position('{SHARD_MARKER}' IN dataset) = 0 "
         "QUALIFY row_number() OVER (PARTITION BY table_name, dataset ORDER BY version DESC) = 1"
     )
     con.execute("CREATE OR REPLACE TEMP VIEW runs AS SELECT * FROM lake.runs")

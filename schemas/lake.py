@@ -43,7 +43,15 @@ from schemas.catalog import (
     sql_string,
 )
 from schemas.config import PROJECT_ROOT, RuntimeConfig, private_dir
-from schemas.tables import LINEAGE_TABLE, SCHEMAS, VERSION_COLUMN, VERSIONED_TABLES, payload_schema, validate
+from schemas.tables import (
+    LINEAGE_TABLE,
+    SCHEMAS,
+    SHARD_MARKER,
+    VERSION_COLUMN,
+    VERSIONED_TABLES,
+    payload_schema,
+    validate,
+)
 
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 VERSION_REF = re.compile(r"^(?:(?P<table>[a-z_]+)/)?(?P<dataset>[A-Za-z0-9][A-Za-z0-9_.\-]*)(?:@(?P<version>\d+))?$")
@@ -127,6 +135,16 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return base
     return f"{base}+g{sha}"
+
+
+def shard_dataset(dataset: str, key: str) -> str:
+    """The internal dataset a resumable stage commits `dataset`'s shards to, for the run keyed `key`."""
+    return f"{dataset}{SHARD_MARKER}{key[:12]}"
+
+
+def is_shard(dataset: str) -> bool:
+    """Whether a dataset is a stage's internal shard dataset (hidden from listings and latest views)."""
+    return SHARD_MARKER in dataset
 
 
 ANY = "any"  # a write that builds on no particular previous version

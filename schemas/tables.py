@@ -223,6 +223,7 @@ SCHEMAS: dict[str, pa.Schema] = {
 }
 
 LINEAGE_TABLE = "runs"
+SHARD_MARKER = ".partial-"  # a resumable stage commits its shards to <dataset>.partial-<key>: internal datasets
 VERSIONED_TABLES = tuple(name for name in SCHEMAS if name != LINEAGE_TABLE)
 
 

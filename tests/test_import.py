@@ -167,6 +167,11 @@ def test_cli_import_prints_counts_and_exit_codes(cli, tmp_path: Path) -> None:
     result = cli("data", "import", str(junk), "--name", "junk")
     assert result.exit_code == 1
     assert "nothing importable" in result.output
+    renamed = tmp_path / "renamed.jsonl"
+    renamed.write_text('{"problem": "What is 1 + 1?", "solution": "2"}\n')
+    hinted = cli("data", "import", str(renamed), "--name", "renamed")
+    assert hinted.exit_code == 1 and "its rows hold problem, solution" in hinted.output
+    assert "--question-field and --answer-field" in hinted.output
     counted = cli(
         "sql", "SELECT reason FROM rejected_inputs WHERE dataset = 'junk' ORDER BY row_number", "--format", "json"
     )

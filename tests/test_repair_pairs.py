@@ -203,3 +203,16 @@ def test_sft_stage_data_end_to_end_on_the_tiny_models(tiny_models, lake: Lake, h
     assert result.exit_code == 0, result.output
     exported = [json.loads(line) for line in (tmp_path / "sft.jsonl").read_text().splitlines()]
     assert len(exported) == len(sft)
+
+    # The shard datasets rollout and repair committed to stay out of listings and latest views.
+    assert any(".partial-" in info.dataset for info in lake.versions("rollouts"))
+    joined = lake.sql("SELECT count(*) AS n FROM scores JOIN rollouts USING (trajectory_id)").to_pylist()
+    assert joined == [{"n": 16}]  # each trajectory once, not once more per shard dataset
+    assert lake.sql("SELECT count(*) AS n FROM rollouts_all WHERE dataset LIKE '%.partial-%'").to_pylist()[0]["n"] > 0
+    listed, everything = cli("tables").output, cli("tables", "--all").output
+    assert ".partial-" not in listed and "e2e-rollout" in listed and ".partial-" in everything
+    # Export takes what `tables` lists, and the kind's short name; with two datasets it asks which.
+    assert cli("export", "pairs", "--version", "pairs/e2e@1", "--out", str(tmp_path / "p.jsonl")).exit_code == 0
+    assert cli(*common, "pairs", "--repairs", "e2e", "--name", "other").exit_code == 0
+    ambiguous = cli("export", "sft", "--out", str(tmp_path / "sft2.jsonl"))
+    assert ambiguous.exit_code == 2 and "holds 2 datasets (e2e, other); name one with --version" in ambiguous.output

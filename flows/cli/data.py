@@ -61,7 +61,14 @@ def data_import(
     elif report.rejected_version is None and not report.nothing_importable:
         console.print(f"{path} adds nothing to queries/{name}; nothing written.")
     if report.nothing_importable:
-        raise fail(f"nothing importable in {path}", code=1)
+        unmapped = {mapping.question, mapping.answer} - set(report.columns)
+        hint = (
+            f"its rows hold {', '.join(report.columns[:20])}: name the question's and the answer's with "
+            "--question-field and --answer-field"
+            if report.columns and unmapped
+            else ""
+        )
+        raise fail(f"nothing importable in {path}", code=1, hint=hint)
 
 
 @app.command("synth")

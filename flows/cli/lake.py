@@ -48,12 +48,16 @@ def gc(
 def tables(
     ctx: typer.Context,
     versions: Annotated[bool, typer.Option("--versions", help="List every version with its lineage.")] = False,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Include the stages' internal shard datasets (<name>.partial-<key>).")
+    ] = False,
 ) -> None:
     """Show the lake's tables, their datasets, versions, row counts and lineage."""
+    from schemas.lake import is_shard
     from schemas.tables import VERSIONED_TABLES
 
     lake = lake_of(ctx)
-    infos = lake.versions()
+    infos = [info for info in lake.versions() if show_all or not is_shard(info.dataset)]
     by_table: dict[str, list[Any]] = defaultdict(list)
     for info in infos:
         by_table[info.table_name].append(info)
@@ -145,6 +149,8 @@ def sql(
 
 def attach(ctx: typer.Context) -> None:
     """Print the SQL that attaches this lake in your own DuckDB session (read only)."""
+    import duckdb
+
     from schemas.catalog import extension_file
 
     lake = lake_of(ctx)
@@ -159,6 +165,10 @@ def attach(ctx: typer.Context) -> None:
             else "postgres_scanner.duckdb_extension"
         )
     )
+    console.print(
+        f"-- needs DuckDB {duckdb.__version__} (the CLI or Python package): the extensions below are built for "
+        "it and other versions refuse to load them", markup=False,
+    )  # fmt: skip
     console.print("-- start duckdb with unsigned extensions allowed: duckdb -unsigned", markup=False)
     console.print(f"LOAD '{ducklake}';\nLOAD '{catalog_ext}';", markup=False)
     console.print(
@@ -172,7 +182,13 @@ def export(
     kind: Annotated[str, typer.Argument(help="sft or pairs.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .jsonl file.")],
     version: Annotated[
-        str | None, typer.Option("--version", "-v", help="Dataset version [default: the latest written].")
+        str | None,
+        typer.Option(
+            "--version",
+            "-v",
+            help="Dataset as `tables` lists it: name, name@N, <table or kind>/name@N "
+            "[default: the table's only dataset].",
+        ),
     ] = None,
     output_format: Annotated[str, typer.Option("--format", "-f", help="trl, llamafactory or sharegpt.")] = "trl",
 ) -> None:
@@ -187,12 +203,16 @@ def export(
     lake = lake_of(ctx)
     table = KINDS[kind]
     if version is None:
-        written = sorted(lake.versions(table), key=lambda info: info.created_at)
-        if not written:
+        names = sorted({info.dataset for info in lake.versions(table)})
+        if not names:
             raise fail(f"no {table} version yet; run `autotraj pairs` first")
-        info = written[-1]
-    else:
-        info = lake.resolve(version, table)
+        if len(names) > 1:  # never guess: the newest written may be another run's
+            raise fail(f"{table} holds {len(names)} datasets ({', '.join(names)}); name one with --version")
+        version = names[0]
+    name, _, rest = version.partition("/")
+    if rest and name == kind:  # `pairs/myrun` and `sft/myrun[@N]`, the kind's short names
+        version = f"{table}/{rest}"
+    info = lake.resolve(version, table)
     system = Prompts.from_config(config_of(ctx)).system
     count = export_rows(kind, lake.read(info).to_pylist(), output_format, system, out)
     console.print(f"wrote {count} rows of {info.version_id} to {out} ({output_format})")

@@ -75,6 +75,7 @@ class ImportReport:
     queries_version: VersionInfo | None = None
     rejected_version: VersionInfo | None = None
     already_imported: VersionInfo | None = None
+    columns: list[str] = field(default_factory=list)  # the fields the source's rows hold (first seen first)
 
     @property
     def reason_counts(self) -> Counter[str]:
@@ -398,6 +399,8 @@ def _import_once(lake: Lake, path: Path, dataset: str, mapping: FieldMapping, fi
     new_rows = []
     for number, row in read_source(path, mapping.split, mapping.encoding):
         report.rows_read += 1
+        if isinstance(row, dict) and len(report.columns) < 100:
+            report.columns += [str(key) for key in row if str(key) not in report.columns]
         query = to_query(number, row, mapping, source)
         if isinstance(query, Rejection):
             report.rejected.append(query)

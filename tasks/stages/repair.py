@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from schemas.config import PipelineConfig
+from schemas.lake import shard_dataset
 from tasks.core.errors import StageInputError
 from tasks.core.hashing import digest
 from tasks.core.lineage import gold_answers
@@ -148,7 +149,7 @@ def run(context: StageContext) -> StageResult:
             for source in pending
         ]  # fmt: skip
         generated = generate_resumable(
-            lake, items, f"{context.name}.partial-{context.digest[:12]}", context.lineage, context.models["model"],
+            lake, items, shard_dataset(context.name, context.digest), context.lineage, context.models["model"],
             settings, execution, None if progress is None else lambda done, total: progress(done, total, "repairs"),
         )  # fmt: skip
         still_pending = []
