@@ -361,3 +361,39 @@ def test_errored_rows_keep_a_stage_uncached_until_a_healthy_rerun_completes_them
                 again, states = run(stage_flow, source, dataset)
                 assert again.is_completed() and states == ["Cached"] and lake.versions(table, dataset) == versions
     assert set(flaky.faults) == {"500", "drop", "truncated_body", "truncated_json", "stall"}
+
+
+MOVED_SCRIPT = """
+import sys
+from flows.rollout import rollout_flow
+print("OUTPUT", rollout_flow(sys.argv[1], model=sys.argv[2], no_ray=True, overrides=sys.argv[3:]), flush=True)
+"""
+
+
+def test_a_recloned_checkout_on_the_same_lake_reuses_finished_stages(
+    prefect_api, tiny_models, home: Path, cli, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.rollout import rollout_flow
+
+    cli("data", "synth", "--n", "2", "--seed", "48")
+    overrides = ["rollout.n=1", "rollout.max_new_tokens_per_turn=128", "rollout.max_total_tokens=256",
+                 "tools.python.workers=1"]  # fmt: skip
+    started = datetime.now(UTC)
+    first = rollout_flow("arith-s48-n2", model=tiny_models.teacher, no_ray=True, overrides=overrides)
+    # Another checkout of the same commit, elsewhere: its default search corpus (../shared beside the
+    # checkout) is another absolute path, which used to change every stage's cache key.
+    clone = tmp_path / "elsewhere" / "autotraj"
+    subprocess.run(["git", "clone", "-q", str(PROJECT_ROOT), str(clone)], check=True)
+    env = {**os.environ, "AUTOTRAJ_HOME": str(home), "PYTHONPATH": str(clone)}
+    env["PREFECT_API_URL"] = PREFECT_API_URL.value()  # the same Prefect server as this test's runs
+    moved = subprocess.run([sys.executable, "-c", MOVED_SCRIPT, "arith-s48-n2", tiny_models.teacher, *overrides],
+                           cwd=clone, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    assert f"OUTPUT {first}" in moved.stdout
+    assert _task_run_states("rollout", started) == ["Cached", "Completed"]  # the clone's run: Cached
+    assert len(Lake(home).versions("rollouts", "arith-s48-n2-rollout")) == 1

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from schemas.config import PipelineConfig, config_hash
+from schemas.config import PROJECT_ROOT, PipelineConfig, config_hash
 from schemas.lake import DATASET_NAME, Lake, Lineage, VersionInfo, code_version
 from tasks.core.errors import ModelReferenceError
 from tasks.core.models import SERVED_BACKENDS, ModelRef, resolve_model
@@ -195,11 +196,26 @@ def fingerprint(
     """What the stage's output depends on besides its input versions."""
     return {
         "stage": spec.name,
-        "config": {key: _dump(config_value(config, key)) for key in spec.config},
+        "config": {key: location_free(_dump(config_value(config, key))) for key in spec.config},
         "files": {key: _file_digest(config, key) for key in spec.files},
         "models": {name: _identity(model) for name, model in models.items()},
         "options": {o.name: options[o.name] for o in spec.options if o.affects_output},
     }
+
+
+def location_free(value: Any) -> Any:
+    """A config value with the checkout's location taken out: a path inside the checkout or beside it
+    (its parent, where `../shared` lives) is recorded relative to the checkout, so a moved or
+    re-cloned checkout on the same lake has the same fingerprints and reuses finished stages."""
+    if isinstance(value, dict):
+        return {key: location_free(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [location_free(item) for item in value]
+    if isinstance(value, str) and value.startswith("/"):
+        path = Path(value)
+        if path.is_relative_to(PROJECT_ROOT.parent) and PROJECT_ROOT.parent != Path(PROJECT_ROOT.anchor):
+            return {"checkout_relative": os.path.relpath(path, PROJECT_ROOT)}
+    return value
 
 
 def _dump(value: Any) -> Any:
