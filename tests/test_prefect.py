@@ -397,3 +397,29 @@ def test_a_recloned_checkout_on_the_same_lake_reuses_finished_stages(
     assert f"OUTPUT {first}" in moved.stdout
     assert _task_run_states("rollout", started) == ["Cached", "Completed"]  # the clone's run: Cached
     assert len(Lake(home).versions("rollouts", "arith-s48-n2-rollout")) == 1
+
+
+def test_prefect_deploy_all_and_deployment_ls_work_against_the_server(prefect_api) -> None:
+    import subprocess
+    import sys
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    prefect = str(Path(sys.executable).parent / "prefect")
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "COLUMNS": "250"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([prefect, *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"prefect {' '.join(args)}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+        return done
+
+    run("work-pool", "create", "autotraj-process", "--type", "process", "--overwrite")
+    deployed = run("--no-prompt", "deploy", "--all")  # every deployment, not only the first (422s before)
+    spec = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"]
+    assert deployed.stdout.count("successfully created") == len(spec)
+    listed = run("deployment", "ls").stdout
+    with get_client(sync_client=True) as client:
+        names = {f"{client.read_flow(d.flow_id).name}/{d.name}" for d in client.read_deployments()}
+    assert {deployment["name"] for deployment in spec} == {name.split("/")[1] for name in names}
+    assert all(name in listed for name in names)
