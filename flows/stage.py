@@ -26,8 +26,16 @@ from tasks.stages import evaluate, grpo, pairs, repair, reward_model, rollout, s
 
 STAGES: dict[str, StageSpec] = {
     spec.name: spec
-    for spec in (rollout.SPEC, score.SPEC, repair.SPEC, pairs.SPEC, sft.SPEC, reward_model.SPEC, grpo.SPEC,
-                 evaluate.SPEC)
+    for spec in (
+        rollout.SPEC,
+        score.SPEC,
+        repair.SPEC,
+        pairs.SPEC,
+        sft.SPEC,
+        reward_model.SPEC,
+        grpo.SPEC,
+        evaluate.SPEC,
+    )
 }
 REQUEST_EXTRAS = ("name", "profile", "overrides")  # what every stage flow takes besides the spec's parameters
 
@@ -174,16 +182,34 @@ def log_progress(label: str, counted_by_info: bool = True) -> Callable[..., None
 
 
 def publish(spec: StageSpec, context: StageContext, result: StageResult) -> None:
-    """A Prefect table artifact with the stage's summary (or its flat metrics)."""
-    from prefect.artifacts import create_table_artifact
+    """The stage's Prefect artifacts: a markdown one with its summary table, metrics and notes, and a link
+    to its chart where it drew one."""
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
     key = f"{spec.command}-{context.name}".lower().replace("_", "-").replace(".", "-").replace("@", "-")
+    outputs = ", ".join(f"`{value}`" for value in result.outputs.values())
+    lines = [f"## {spec.name}: {context.name}", "", f"{spec.description}", "", f"Wrote {outputs}.", ""]
     if result.summary is not None:
-        table = [dict(zip(result.summary.columns, map(str, row), strict=True)) for row in result.summary.rows]
-        description = result.summary.title
-    else:
-        table = [{"metric": name, "value": str(value)} for name, value in result.metrics.items()]
-        description = spec.description
-    outputs = ", ".join(f"{name}: {value}" for name, value in result.outputs.items())
-    notes = "".join(f"; {note}" for note in result.notes)  # served-model usage and cost, where the Ray nodes were
-    create_table_artifact(key=key, table=table, description=f"{description} ({outputs}){notes}")
+        lines += [f"**{result.summary.title}**", "", *_markdown_table(result.summary.columns, result.summary.rows), ""]
+    scalars = [(name, value) for name, value in result.metrics.items() if not isinstance(value, dict | list)]
+    if scalars:
+        lines += [*_markdown_table(("metric", "value"), scalars), ""]
+    lines += [f"- {note}" for note in result.notes]
+    create_markdown_artifact(key=key, markdown="\n".join(lines), description=f"{spec.name} {context.name}")
+    chart = result.metrics.get("chart")
+    if chart:
+        create_link_artifact(key=f"{key}-chart", link=Path(chart).resolve().as_uri(), link_text=Path(chart).name,
+                             description=f"{spec.name} {context.name}: the comparison chart")  # fmt: skip
+
+
+def _markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """A markdown table (cells escaped)."""
+
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    return [
+        "| " + " | ".join(map(cell, columns)) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(map(cell, row)) + " |" for row in rows),
+    ]

@@ -211,6 +211,17 @@ def test_pipeline_runs_every_stage_and_a_rerun_skips_them_all(prefect_api, tiny_
     assert {row["metric"] for row in results} >= {"accuracy", "mean_quality", "tool_calls", "mean_tokens"}
     assert {row["n_examples"] for row in results} == {6}
     assert (home / "reports" / "e2e.png").stat().st_size > 0
+    # Each stage's artifact is a readable markdown table; the chart is linked from its own artifact.
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        artifacts = {artifact.key: artifact for artifact in client.read_artifacts()}
+    evaluation = artifacts["evaluate-e2e"]
+    assert evaluation.type == "markdown" and "| benchmark | model |" in evaluation.data and "chart:" in evaluation.data
+    chart = (home / "reports" / "e2e.png").as_uri()
+    assert f"({chart})" in artifacts["evaluate-e2e-chart"].data  # Prefect stores a link artifact as a markdown link
+    rollout_name = lake.resolve(outputs["rollouts"]).dataset.replace(".", "-")
+    assert "| finish reason | trajectories |" in artifacts[f"rollout-{rollout_name}"].data, sorted(artifacts)
 
     # The same run again: every stage task comes from the cache, and the lake gains no version.
     versions_before = len(lake.versions())
