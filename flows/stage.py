@@ -188,7 +188,7 @@ def publish(spec: StageSpec, context: StageContext, result: StageResult) -> None
 
     key = f"{spec.command}-{context.name}".lower().replace("_", "-").replace(".", "-").replace("@", "-")
     outputs = ", ".join(f"`{value}`" for value in result.outputs.values())
-    lines = [f"## {spec.name}: {context.name}", "", f"{spec.description}", "", f"Wrote {outputs}.", ""]
+    lines = [f"## {spec.name}: {context.name}", "", spec.description, "", f"Wrote {outputs}.", ""]
     if result.summary is not None:
         lines += [f"**{result.summary.title}**", "", *_markdown_table(result.summary.columns, result.summary.rows), ""]
     scalars = [(name, value) for name, value in result.metrics.items() if not isinstance(value, dict | list)]
