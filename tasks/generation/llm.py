@@ -47,7 +47,6 @@ class Generation:
     logprobs: list[float] | None = None
     error: str | None = None
     usage: tuple[int, int] | None = None  # (prompt, completion) tokens a served model reported
-    cached: bool = False  # answered from the reply cache (it cost nothing)
 
 
 class LLMBackend(Protocol):

@@ -76,7 +76,6 @@ class ServedClient:
         self.client = httpx.Client(timeout=httpx.Timeout(options.policy.timeout_s), headers=auth_headers(envs=envs))
         self.limit = RateLimit(options.requests_per_minute) if options.requests_per_minute else None
         self.cache = JsonCache(options.cache_path, "served_replies") if options.cache_path else None
-        self.sent = 0  # requests answered by the server (not the cache)
         self.failed = 0
 
     def generation(self, body: dict[str, Any], parse: Callable[[Any], Generation]) -> Generation:
@@ -85,9 +84,7 @@ class ServedClient:
         key = self.cache.key(self.url, body) if self.cache is not None else ""
         stored = self.cache.get(key) if self.cache is not None else None
         if stored is not None:
-            generation = parse(stored)
-            generation.cached = True
-            return generation
+            return parse(stored)
         try:
             data, generation = post_json(self.client, self.url, body, self.policy, lambda data: (data, parse(data)),
                                          self.limit)  # fmt: skip
@@ -99,7 +96,6 @@ class ServedClient:
                 ) from None
             log.warning("request failed: %s", exc)
             return Generation([], "", "error", error=str(exc))
-        self.sent += 1
         if self.cache is not None:
             self.cache.put(key, data)
         return generation
