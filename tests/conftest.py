@@ -118,12 +118,13 @@ def cli(home: Path):
     return invoke
 
 
-def run_worker(*args: str, home: Path) -> subprocess.Popen[str]:
-    """Start tests/lake_worker.py in its own process against `home`."""
+def run_worker(*args: str, home: Path, stdin: bool = False) -> subprocess.Popen[str]:
+    """Start tests/lake_worker.py in its own process against `home` (`stdin`: a pipe the test can write to)."""
     env = {**os.environ, "AUTOTRAJ_HOME": str(home)}
     return subprocess.Popen(
         [sys.executable, str(TESTS_DIR / "lake_worker.py"), *args],
         env=env,
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -2,6 +2,8 @@
 
 usage: lake_worker.py versions DATASET COUNT ROWS     one transaction per version
        lake_worker.py one-transaction DATASET COUNT ROWS   all versions in a single transaction
+       lake_worker.py until-stopped DATASET COUNT ROWS  versions until a line arrives on stdin (at most COUNT);
+                                                          prints each version id
        lake_worker.py tagged DATASET COUNT ROWS CATALOG DATA_PATH   versions of rows tagged with this process,
                                                           on a shared catalog and data path; prints each version id
 Prints `ready` just before writing and `done` after.
@@ -10,6 +12,7 @@ Prints `ready` just before writing and `done` after.
 from __future__ import annotations
 
 import os
+import select
 import sys
 
 import pyarrow as pa
@@ -40,6 +43,11 @@ def main() -> None:
     if mode == "versions":
         for _ in range(count):
             lake.write("queries", dataset, data, Lineage(stage="worker"))
+    elif mode == "until-stopped":
+        for _ in range(count):
+            print(lake.write("queries", dataset, data, Lineage(stage="worker")).version_id, flush=True)
+            if select.select([sys.stdin], [], [], 0)[0]:
+                break
     elif mode == "tagged":
         for _ in range(count):
             print(lake.write("queries", dataset, data, Lineage(stage="worker")).version_id, flush=True)

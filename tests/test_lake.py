@@ -102,19 +102,22 @@ def test_failed_write_leaves_no_version(lake: Lake) -> None:
 def test_reader_process_while_writer_process_writes(lake: Lake, home: Path, cli) -> None:
     lake.initialize()
     rows_per_version = 20_000
-    writer = run_worker("versions", "stream", "25", str(rows_per_version), home=home)
+    # The writer keeps committing versions until told to stop, so reads overlap writes however slow they are.
+    writer = run_worker("until-stopped", "stream", "200", str(rows_per_version), home=home, stdin=True)
     assert writer.stdout.readline().strip() == "ready"
     observed = set()
-    while writer.poll() is None:
+    while writer.poll() is None and len(observed) < 3:
         result = cli("sql", "SELECT count(*) AS n, count(DISTINCT version) AS v FROM queries_all", "--format", "json")
         assert result.exit_code == 0, result.output
         (row,) = json.loads(result.stdout)
         # Every read sees whole versions only.
         assert row["n"] == row["v"] * rows_per_version
         observed.add(row["v"])
-    assert writer.wait() == 0, writer.stderr.read()
-    assert len(observed) >= 2, f"reads never overlapped the writes: {observed}"
-    assert lake.sql("SELECT count(*) AS n FROM queries_all")["n"][0].as_py() == 25 * rows_per_version
+    written, errors = writer.communicate("stop\n", timeout=120)
+    assert writer.returncode == 0, errors
+    assert len(observed) >= 3, f"reads never overlapped the writes: {observed}"
+    versions = len([line for line in written.splitlines() if line.startswith("queries/")])
+    assert lake.sql("SELECT count(*) AS n FROM queries_all")["n"][0].as_py() == versions * rows_per_version
 
 
 def test_killed_writer_leaves_no_partial_version(lake: Lake, home: Path, cli) -> None:
