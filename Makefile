@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install run test lint bench
+.PHONY: install run test test-external lint bench
 
 $(STAMP): pyproject.toml
 	@# bubblewrap gives the sandbox its strict tier; without it the sandbox uses the standard tier.
@@ -32,6 +32,9 @@ run: install
 
 test: install
 	$(VENV)/bin/python -m pytest
+
+test-external: install
+	$(VENV)/bin/python -m pytest -m external
 
 lint: install
 	$(VENV)/bin/ruff check .

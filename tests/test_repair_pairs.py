@@ -11,7 +11,6 @@ from schemas.config import load_config
 from schemas.lake import Lake
 from tasks.bootstrap import synth
 from tasks.core.prompts import repair_prompt
-from tasks.reports.export import export_rows
 from tasks.scoring.quality import own_length_quality
 from tasks.stages.pairs import build_rows
 from tasks.stages.repair import judge_repair
@@ -120,33 +119,6 @@ def test_pairs_carry_provenance_and_exact_duplicates_are_removed() -> None:
     no_dedup = CONFIG.model_copy(update={"pairs": CONFIG.pairs.model_copy(update={"deduplicate": False})})
     sft_all, _, _ = build_rows(rollouts, scores, repairs, {"q1": "What is 3 + 4?"}, no_dedup)
     assert [row["origin"] for row in sft_all] == ["high_quality", "repair", "repair"]
-
-
-@pytest.mark.parametrize("fmt", ["trl", "llamafactory", "sharegpt"])
-def test_exports_load_back(fmt: str, tmp_path: Path) -> None:
-    import datasets
-
-    rollouts, scores, repairs = _pair_inputs()
-    sft, pairs, _ = build_rows(rollouts, scores, repairs, {"q1": "What is 3 + 4?"}, CONFIG)
-    sft_file, pairs_file = tmp_path / "sft.jsonl", tmp_path / "pairs.jsonl"
-    assert export_rows("sft", sft, fmt, "SYSTEM", sft_file) == 1
-    assert export_rows("pairs", pairs, fmt, "SYSTEM", pairs_file) == 2
-    sft_set = datasets.load_dataset("json", data_files=str(sft_file), split="train")
-    pair_set = datasets.load_dataset("json", data_files=str(pairs_file), split="train")
-    assert len(sft_set) == 1 and len(pair_set) == 2
-    if fmt == "trl":
-        assert sft_set[0]["prompt"][1] == {"role": "user", "content": "What is 3 + 4?"}
-        assert sft_set[0]["completion"][0]["content"] == rollouts["t-good"]["response"]
-        assert {"prompt", "chosen", "rejected"} <= set(pair_set.column_names)
-        assert pair_set[0]["chosen"][0]["role"] == "assistant"
-    elif fmt == "llamafactory":
-        assert sft_set[0]["instruction"] == "What is 3 + 4?" and sft_set[0]["system"] == "SYSTEM"
-        assert pair_set[0]["chosen"] != pair_set[0]["rejected"]
-    else:
-        assert sft_set[0]["conversations"][1]["from"] == "gpt"
-        assert pair_set[0]["chosen"]["from"] == "gpt"
-    with pytest.raises(ValueError, match="unknown export format"):
-        export_rows("sft", sft, "csv", "", tmp_path / "x")
 
 
 def test_sft_stage_data_end_to_end_on_the_tiny_models(tiny_models, lake: Lake, home: Path, tmp_path: Path, cli) -> None:

@@ -190,11 +190,16 @@ def export(
             "[default: the table's only dataset].",
         ),
     ] = None,
-    output_format: Annotated[str, typer.Option("--format", "-f", help="trl, llamafactory or sharegpt.")] = "trl",
+    output_format: Annotated[
+        str, typer.Option("--format", "-f", help="trl, llamafactory, sharegpt (FastChat/axolotl) or openai.")
+    ] = "trl",
+    system: Annotated[
+        str | None, typer.Option(help="System prompt \\[default: rollout.system_prompt_file or the bundled one].")
+    ] = None,
 ) -> None:
-    """Export SFT examples or preference pairs for another trainer (tool results stay in the text)."""
+    """Export SFT examples or preference pairs in another trainer's tool-calling format (README: Training elsewhere)."""
     from tasks.core.prompts import Prompts
-    from tasks.reports.export import FORMATS, KINDS, export_rows
+    from tasks.reports.export import FORMATS, KINDS, ExportError, export_rows, register_llamafactory
 
     if kind not in KINDS:
         raise fail(f"unknown kind {kind!r}; choose sft or pairs")
@@ -213,9 +218,16 @@ def export(
     if rest and name == kind:  # `pairs/myrun` and `sft/myrun[@N]`, the kind's short names
         version = f"{table}/{rest}"
     info = lake.resolve(version, table)
-    system = Prompts.from_config(config_of(ctx)).system
-    count = export_rows(kind, lake.read(info).to_pylist(), output_format, system, out)
-    console.print(f"wrote {count} rows of {info.version_id} to {out} ({output_format})")
+    system = Prompts.from_config(config_of(ctx)).system if system is None else system
+    try:
+        count = export_rows(kind, lake.read(info).to_pylist(), output_format, system, out)
+        console.print(f"wrote {count} rows of {info.version_id} to {out} ({output_format})", markup=False)
+        if output_format == "llamafactory":
+            info_file, name = register_llamafactory(kind, out)
+            where = f"dataset: {name}, dataset_dir: {out.parent}"
+            console.print(f"registered {name!r} in {info_file} ({where})", markup=False)
+    except ExportError as exc:
+        raise fail(str(exc)) from None
 
 
 def report(

@@ -21,21 +21,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from tasks.core.tir import ANSWER_STOP, TOOL_STOPS, parse_tool_call
+from tasks.core.conversation import OPENING, TOOL_ARGUMENT, TOOLS, chat_messages
+from tasks.core.tir import TOOL_STOPS
 from tasks.generation.llm import Generation, SamplingParams
 from tasks.generation.served import ServedBackend, usage_of
 from tools_sandbox.http_retry import MalformedResponse
-
-TOOL_ARGUMENT = {"python": "code", "search": "query"}
-TOOLS = [
-    {"type": "function", "function": {
-        "name": "python", "description": "Run Python code in a sandbox; its printed output is returned.",
-        "parameters": {"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]}}},
-    {"type": "function", "function": {
-        "name": "search", "description": "Search the knowledge corpus; the top passages are returned.",
-        "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}},
-]  # fmt: skip
-OPENING = {"</code>": "<code>", "</search>": "<search>", ANSWER_STOP: "<answer>"}
 
 
 class Conversation(Protocol):
@@ -54,14 +44,6 @@ def owed_stop(text: str, stops: Sequence[str]) -> str | None:
     if stop is None or position < 0 or text.find(stop, position) >= 0:
         return None
     return stop
-
-
-def tool_result(text: str) -> str:
-    """A tool segment's output, without the <result> tags (a `tool` message's content)."""
-    inner = text.strip()
-    if inner.startswith("<result>") and inner.endswith("</result>"):
-        inner = inner[len("<result>") : -len("</result>")]
-    return inner.strip("\n")
 
 
 class ChatBackend(ServedBackend):
@@ -96,26 +78,11 @@ class ChatBackend(ServedBackend):
             [{"role": "system", "content": conversation.system}] if conversation.system else []
         )
         messages.append({"role": "user", "content": conversation.user})
-        calls = 0
+        if self.options.chat_mode == "tools":
+            return messages + chat_messages(conversation.segments, wire=True)
         for segment in conversation.segments:
-            if segment.kind == "tool":
-                if self.options.chat_mode == "tools":
-                    messages.append(
-                        {"role": "tool", "tool_call_id": f"call_{calls}", "content": tool_result(segment.text)}
-                    )
-                else:
-                    messages.append({"role": self.options.chat_result_role, "content": segment.text})
-                continue
-            stop = next((s for s in TOOL_STOPS if segment.text.rstrip().endswith(s)), None)
-            if self.options.chat_mode != "tools" or stop is None:
-                messages.append({"role": "assistant", "content": segment.text})
-                continue
-            calls += 1
-            call = parse_tool_call(segment.text.rstrip(), stop)
-            prefix = segment.text[: segment.text.rfind(OPENING[stop])]
-            function = {"name": call.tool, "arguments": json.dumps({TOOL_ARGUMENT[call.tool]: call.argument})}
-            tool_call = {"id": f"call_{calls}", "type": "function", "function": function}
-            messages.append({"role": "assistant", "content": prefix.strip() or None, "tool_calls": [tool_call]})
+            role = self.options.chat_result_role if segment.kind == "tool" else "assistant"
+            messages.append({"role": role, "content": segment.text})
         return messages
 
     def _turn(
