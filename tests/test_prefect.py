@@ -410,10 +410,12 @@ def test_a_recloned_checkout_on_the_same_lake_reuses_finished_stages(
     assert len(Lake(home).versions("rollouts", "arith-s48-n2-rollout")) == 1
 
 
-def test_prefect_deploy_all_and_deployment_ls_work_against_the_server(prefect_api) -> None:
+def test_deploy_all_deployment_ls_and_a_ui_retry_through_a_worker(prefect_api, home: Path, tmp_path: Path) -> None:
+    import shutil
     import subprocess
     import sys
 
+    import httpx
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.settings import PREFECT_API_URL
@@ -436,3 +438,30 @@ def test_prefect_deploy_all_and_deployment_ls_work_against_the_server(prefect_ap
         names = {f"{client.read_flow(d.flow_id).name}/{d.name}" for d in client.read_deployments()}
     assert {deployment["name"] for deployment in spec} == {name.split("/")[1] for name in names}
     assert all(name in listed for name in names)
+
+    # A deployment run that fails, its cause fixed, and Retry pressed in the UI: the worker runs it again.
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("import-queries/import-queries")
+        queries = tmp_path / "later.jsonl"
+        run_id = client.create_flow_run_from_deployment(
+            deployment.id, parameters={"path": str(queries), "name": "later"}
+        ).id
+
+        def work_once() -> Any:
+            run("worker", "start", "--pool", "autotraj-process", "--run-once")
+            return client.read_flow_run(run_id)
+
+        failed = work_once()
+        assert failed.state.is_failed(), failed.state
+        shutil.copy(FIXTURES / "messy_queries.jsonl", queries)
+        # The request the UI's Retry button sends.
+        retry = {
+            "state": {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the UI"},
+            "force": False,
+        }
+        answer = httpx.post(f"{PREFECT_API_URL.value()}/flow_runs/{run_id}/set_state", json=retry, timeout=30)
+        assert answer.status_code in (200, 201) and answer.json()["status"] == "ACCEPT", answer.text
+        retried = work_once()
+        assert retried.state.is_completed(), retried.state
+        assert retried.run_count == 2
+    assert [info.version_id for info in Lake(home).versions("queries")] == ["queries/later@1"]
