@@ -92,13 +92,15 @@ def test_gpu_profile_rollout_and_repair_against_a_served_teacher(
     rows = lake.read("rollouts/arith-s61-n3-rollout").to_pylist()
     assert len(rows) == 12 and {row["model"] for row in rows} == {SERVED_NAME}
     assert all(row["error"] is None for row in rows)
-    # Every sample of a query has its own seed: at 0.7 they differ over HTTP, as they do locally.
+    # Every sample of a query has its own seed: at 0.7 they differ over HTTP, as they do locally (with one
+    # seed per query every query's samples would be identical; a confident tiny model may repeat itself on
+    # one query, so some query, not each, shows it).
     http = _by_query(rows)
-    assert all(len(set(samples)) >= 2 for samples in http.values()), http
+    assert any(len(set(samples)) >= 2 for samples in http.values()), http
     local = cli(*SHORT, "--set", "rollout.temperature=0.7", "rollout", "--queries", "arith-s61-n3", "--n", "4",
                 "--model", tiny_models.teacher, "--no-ray", "--name", "local")  # fmt: skip
     assert local.exit_code == 0, local.output
-    assert all(len(set(samples)) >= 2 for samples in _by_query(lake.read("rollouts/local").to_pylist()).values())
+    assert any(len(set(samples)) >= 2 for samples in _by_query(lake.read("rollouts/local").to_pylist()).values())
     # The same seeds again: the same samples.
     again = cli(*gpu, "rollout", "--queries", "arith-s61-n3", "--n", "4", "--name", "replay", "--no-ray")
     assert again.exit_code == 0, again.output
