@@ -1,4 +1,4 @@
-"""The evaluate flow: models side by side on benchmarks; results in eval_results and a chart."""
+"""The evaluate flow: models side by side on benchmarks; results with intervals, paired comparisons, a chart."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ def evaluate_flow(
     tokenizer: str | None = None,
     no_ray: bool = False,
     no_cache: bool = False,
+    labels: str | None = None,
     chart: str | None = None,
     name: str | None = None,
     profile: str = "cpu",

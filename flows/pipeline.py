@@ -1,10 +1,11 @@
 """The end-to-end `autotraj` pipeline, declared once as steps: the flow runs them, the dry run plans them.
 
 rollout → score → repair → pairs (high quality + repairs, and high quality only) → SFT on each →
-reward model → GRPO from the SFT policy → evaluate the teacher, both SFT policies and GRPO side by
-side. Each step is a stage flow run as a subflow; steps pass only version and model ids. Each
-stage's task is cached by its fingerprint, inputs and code, so a re-run skips finished stages and a
-retried run resumes at the stage that failed.
+reward model → GRPO from the second SFT policy, with the RM bonus and with the outcome and format
+reward only → evaluate the five side by side (the ablations), each shown under its role. Each step
+is a stage flow run as a subflow; steps pass only version and model ids. Each stage's task is cached
+by its fingerprint, inputs and code, so a re-run skips finished stages and a retried run resumes at
+the stage that failed.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class Name:
     suffix: str = ""
 
 
-Source = Arg | Out | Config | Name | list
+Source = Arg | Out | Config | Name | list | str  # a str is the value itself
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,8 @@ class Step:
     overrides: tuple[str, ...] = field(default_factory=tuple)
 
 
+# How the evaluated models are shown, in the evaluate step's order.
+ROLES = ("teacher", "SFT HQ only", "SFT HQ + repaired", "GRPO outcome only", "GRPO + RM bonus")
 STEPS = (
     Step("rollouts", "rollout", {"queries": Arg("queries")}),
     Step("scores", "score", {"rollouts": Out("rollouts"), "name": Name()}),
@@ -91,8 +94,12 @@ STEPS = (
     Step("reward_model", "reward_model", {"pairs": Out("pairs", "preference_pairs")}),
     Step("grpo", "grpo", {"queries": Arg("queries"), "policy": Out("sft"), "reward_model": Out("reward_model"),
                           "name": Name("-grpo")}),
-    Step("eval_results", "evaluate", {"benchmarks": [Arg("test_queries")], "name": Name(),
-                                      "models": [Config("rollout.model"), Out("sft_hq"), Out("sft"), Out("grpo")]}),
+    # The ablation: the same GRPO with no reward model (grpo.reward_model is None unless configured).
+    Step("grpo_outcome", "grpo", {"queries": Arg("queries"), "policy": Out("sft"), "name": Name("-grpo-outcome")},
+         ("grpo.reward_model=null",)),
+    Step("eval_results", "evaluate", {"benchmarks": [Arg("test_queries")], "name": Name(), "labels": ",".join(ROLES),
+                                      "models": [Config("rollout.model"), Out("sft_hq"), Out("sft"),
+                                                 Out("grpo_outcome"), Out("grpo")]}),
 )  # fmt: skip
 
 
@@ -110,6 +117,8 @@ def resolve_source(
     source: Source, arguments: Mapping[str, str], outputs: Mapping[str, Any], name: str, config: PipelineConfig
 ) -> Any:
     """A step argument's value, from the pipeline's arguments, earlier outputs, config or its name."""
+    if isinstance(source, str):
+        return source
     if isinstance(source, list):
         return [resolve_source(item, arguments, outputs, name, config) for item in source]
     if isinstance(source, Arg):

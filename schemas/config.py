@@ -197,6 +197,9 @@ class EvaluateConfig(GeneratorSection):
     benchmarks: list[str] = Field(default_factory=list, description="queries datasets `autotraj eval` defaults to")
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
     max_queries: int | None = Field(None, ge=1)
+    strata_key: str | None = Field(
+        "difficulty", description="a queries' metadata field whose values split the results into strata"
+    )
 
 
 class SearchConfig(Section):

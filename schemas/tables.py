@@ -178,6 +178,30 @@ SCHEMAS: dict[str, pa.Schema] = {
             _required("metric", pa.string()),
             _required("value", pa.float64()),
             _required("n_examples", pa.int64()),
+            _field("label", pa.string()),  # the model's display name (its role in the run)
+            _field("subset", pa.string()),  # "all", "task=qa", "difficulty=3"
+            _field("ci_low", pa.float64()),  # 95% interval; null where too few observations give one
+            _field("ci_high", pa.float64()),
+            _field("interval", pa.string()),  # "wilson" | "bootstrap" | "count"
+        ]
+    ),
+    # Two models on the same questions: mean(b − a), its 95% paired-bootstrap interval, a paired permutation p.
+    "eval_comparisons": pa.schema(
+        [
+            _VERSION,
+            _required("benchmark", pa.string()),
+            _required("subset", pa.string()),
+            _required("metric", pa.string()),
+            _required("model_a", pa.string()),
+            _required("model_b", pa.string()),
+            _field("label_a", pa.string()),
+            _field("label_b", pa.string()),
+            _required("difference", pa.float64()),
+            _field("ci_low", pa.float64()),
+            _field("ci_high", pa.float64()),
+            _field("p_value", pa.float64()),
+            _required("n", pa.int64()),
+            _required("significant", pa.bool_()),
         ]
     ),
     "rejected_inputs": pa.schema(

@@ -16,14 +16,22 @@ def test_eval_compares_models_and_writes_results_and_a_chart(tiny_models, lake: 
     chart = home / "cmp.png"
     monkeypatch.chdir(Path(tiny_models.teacher).parent)
     models = f"./teacher,{tiny_models.repairer}"  # a relative path resolves against the working directory
-    result = cli("eval", "--models", models, "--benchmarks", "arith-s31-n6", "--chart", str(chart), "--no-ray")
+    shown = "--labels", "the teacher,the repairer"
+    result = cli("eval", "--models", models, "--benchmarks", "arith-s31-n6", "--chart", str(chart), "--no-ray", *shown)
     assert result.exit_code == 0, result.output
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     labels = [f"{Path(tiny_models.teacher).parent.name}-teacher", f"{Path(tiny_models.repairer).parent.name}-repairer"]
-    assert all(label in result.output for label in labels)
+    assert "the teacher" in result.output and "the repairer" in result.output and "95% intervals" in result.output
 
     results = lake.read("eval_results/eval").to_pylist()
     assert len(results) == 2 * 7 and {row["n_examples"] for row in results} == {6}
+    assert {row["label"] for row in results} == {"the teacher", "the repairer"}
+    assert {row["subset"] for row in results} == {"all"}
+    for row in results:  # every proportion and mean has its interval around it
+        if row["metric"] in ("accuracy", "format_valid", "mean_quality", "mean_tokens"):
+            assert row["ci_low"] <= row["value"] <= row["ci_high"], row
+    comparisons = {row["metric"]: row for row in lake.read("eval_comparisons/eval").to_pylist()}
+    assert set(comparisons) == {"accuracy", "mean_quality", "mean_tokens", "tool_calls"}
     value = {(row["model_id"], row["metric"]): row["value"] for row in results}
     golds = {row["query_id"]: row["answers"] for row in lake.read("queries/arith-s31-n6").to_pylist()}
     for label in labels:
@@ -35,9 +43,13 @@ def test_eval_compares_models_and_writes_results_and_a_chart(tiny_models, lake: 
         assert value[(label, "mean_tokens")] == sum(row["completion_tokens"] for row in rollouts) / 6
         assert value[(label, "accuracy")] <= sum(correct) / 6  # correct also needs a valid format
         assert 0.0 <= value[(label, "mean_quality")] <= 1.0 and 0.0 <= value[(label, "format_valid")] <= 1.0
+    accuracy = comparisons["accuracy"]
+    assert (accuracy["model_a"], accuracy["model_b"], accuracy["n"]) == (*labels, 6)
+    assert accuracy["difference"] == pytest.approx(value[(labels[1], "accuracy")] - value[(labels[0], "accuracy")])
+    assert accuracy["ci_low"] <= accuracy["difference"] <= accuracy["ci_high"] and 0 < accuracy["p_value"] <= 1
 
     versions = len(lake.versions())
-    again = cli("eval", "--models", models, "--benchmarks", "arith-s31-n6", "--chart", str(chart), "--no-ray")
+    again = cli("eval", "--models", models, "--benchmarks", "arith-s31-n6", "--chart", str(chart), "--no-ray", *shown)
     assert again.exit_code == 0 and len(lake.versions()) == versions  # greedy and finished: nothing recomputed
 
 

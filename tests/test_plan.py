@@ -11,7 +11,19 @@ import pytest
 from schemas.config import PROFILES_DIR
 from tasks.core.models import bootstrap_dir
 
-STEPS = ("rollouts", "scores", "repairs", "pairs", "pairs_hq", "sft", "sft_hq", "reward_model", "grpo", "eval_results")
+STEPS = (
+    "rollouts",
+    "scores",
+    "repairs",
+    "pairs",
+    "pairs_hq",
+    "sft",
+    "sft_hq",
+    "reward_model",
+    "grpo",
+    "grpo_outcome",
+    "eval_results",
+)
 # What a GPU machine or a cluster has and this one does not: the only reasons the other profiles may fail.
 LACKING = {
     "gpu": (
@@ -52,7 +64,7 @@ def _errors(output: str) -> list[str]:
 def test_the_cpu_profile_plan_is_ready(ready_home: Path, cli) -> None:
     result = cli("pipeline", "arith-s71-n8", "--test-queries", "arith-s72-n4", "--name", "plan", "--dry-run")
     assert result.exit_code == 0, result.output
-    assert _errors(result.output) == [] and "ready: 10 steps resolved" in result.output
+    assert _errors(result.output) == [] and "ready: 11 steps resolved" in result.output
     for step in STEPS:
         assert re.search(rf"^│ {step}\s", result.output, re.MULTILINE), step
     for shown in ("queries/arith-s71-n8@1", "rollouts/arith-s71-n8-rollout", "← pairs.sft_examples",

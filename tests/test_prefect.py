@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from flows.pipeline import ROLES
 from schemas.config import PROJECT_ROOT
 from schemas.lake import Lake, LakeError
 from tests.conftest import FIXTURES, cli_server, run_stage_here
@@ -203,13 +204,24 @@ def test_pipeline_runs_every_stage_and_a_rerun_skips_them_all(prefect_api, tiny_
     # GRPO started from that SFT model, with that reward model.
     grpo_inputs = registered[outputs["grpo"]].input_versions
     assert {registered[outputs["sft"]].version_id, registered[outputs["reward_model"]].version_id} <= set(grpo_inputs)
+    # The ablation: the same GRPO with no reward model.
+    outcome_inputs = set(registered[outputs["grpo_outcome"]].input_versions)
+    assert registered[outputs["sft"]].version_id in outcome_inputs
+    assert registered[outputs["reward_model"]].version_id not in outcome_inputs
 
     results = lake.read(outputs["eval_results"]).to_pylist()
     evaluated = {row["model_id"] for row in results}
     teacher_label = f"{Path(tiny_models.directory).name}-teacher"  # a path is labelled by its last two parts
-    assert evaluated == {teacher_label, outputs["sft_hq"], outputs["sft"], outputs["grpo"]}
+    assert evaluated == {teacher_label, outputs["sft_hq"], outputs["sft"], outputs["grpo_outcome"], outputs["grpo"]}
+    assert {row["label"] for row in results} == set(ROLES)  # shown by role, not by hash
+    info = lake.resolve(outputs["eval_results"])
+    (comparisons,) = [v for v in lake.versions(run_id=info.run_id) if v.table_name == "eval_comparisons"]
+    subsets = {"all", "difficulty=2", "difficulty=3"}  # the synthetic task's strata
+    assert {row["subset"] for row in results} == subsets
+    assert lake.read(comparisons).num_rows == 10 * 4 * 3  # 5 models: 10 pairs, 4 metrics, 3 subsets
+    assert "SFT HQ + repaired − SFT HQ only" in result.output  # the ablations' paired differences
     assert {row["metric"] for row in results} >= {"accuracy", "mean_quality", "tool_calls", "mean_tokens"}
-    assert {row["n_examples"] for row in results} == {6}
+    assert {row["n_examples"] for row in results if row["subset"] == "all"} == {6}
     assert (home / "reports" / "e2e.png").stat().st_size > 0
     # Each stage's artifact is a readable markdown table; the chart is linked from its own artifact.
     from prefect.client.orchestration import get_client
@@ -229,7 +241,7 @@ def test_pipeline_runs_every_stage_and_a_rerun_skips_them_all(prefect_api, tiny_
     assert again.exit_code == 0 and _pipeline_outputs(again.output) == outputs
     for stage in ("rollout", "score", "repair", "pairs", "sft", "reward_model", "grpo", "evaluate"):
         states = _task_run_states(stage, started)
-        runs = 2 if stage in ("pairs", "sft") else 1  # two pairs sets, two SFT models
+        runs = 2 if stage in ("pairs", "sft", "grpo") else 1  # two pairs sets, two SFT models, two GRPO runs
         assert states.count("Cached") == runs and states.count("Completed") == runs, (stage, states)
     assert len(lake.versions()) == versions_before
 

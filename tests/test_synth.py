@@ -67,8 +67,17 @@ def test_defect_styles_carry_their_defects() -> None:
 def test_write_jsonl_matches_the_import_format(tmp_path) -> None:
     path = synth.write_jsonl(synth.generate(3, seed=1), tmp_path / "q.jsonl")
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [set(row) for row in rows] == [{"id", "question", "answer", "task"}] * 3
+    assert [set(row) for row in rows] == [{"id", "question", "answer", "task", "difficulty"}] * 3
     assert all(row["task"] == "math" and row["answer"].isdigit() for row in rows)
+
+
+def test_difficulty_counts_the_templates_arithmetic_steps() -> None:
+    problems = synth.generate(60, seed=5)
+    for problem in problems:
+        formula = problem.code.rsplit("\n", 2 if "eggs" in problem.code else 1)[1:]
+        operations = sum("\n".join(formula).count(op) for op in ("//", "*", "+", "-"))
+        assert problem.difficulty == operations, problem.code
+    assert {problem.difficulty for problem in problems} == {2, 3}
 
 
 def test_tool_calls_are_parsed_from_the_segment_end() -> None:

@@ -41,6 +41,7 @@ def test_every_table_named_in_the_design_has_a_schema() -> None:
         "models",
         "train_metrics",
         "eval_results",
+        "eval_comparisons",
         "runs",
         "rejected_inputs",
         "stage_reports",

@@ -12,13 +12,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from flows.cli.common import cell, config_of, console, fail, lake_of
+from flows.cli.common import config_of, console, fail, lake_of
 from flows.cli.data import data_import, data_synth
 from flows.cli.models import bootstrap
 from schemas.config import PROJECT_ROOT
 
 DEFAULT_BENCHMARKS_DIR = PROJECT_ROOT.parent / "shared" / "data" / "benchmarks"
-METRICS = ("accuracy", "format_valid", "mean_quality", "tool_calls", "tool_error_rate", "mean_tokens")
 
 
 def register(app: typer.Typer) -> None:
@@ -27,20 +26,30 @@ def register(app: typer.Typer) -> None:
     app.command()(quickstart)
 
 
-def comparison_tables(ctx: typer.Context, eval_results: str, legend: dict[str, str] | None = None) -> None:
-    """One table per benchmark of an eval_results version: a row per model, a column per metric."""
-    rows = lake_of(ctx).read(eval_results, "eval_results").to_pylist()
-    metrics: dict[str, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+def comparison_tables(ctx: typer.Context, eval_results: str, pairs: list[tuple[str, str]] | None = None) -> None:
+    """Per benchmark, each model's metrics with 95% intervals, then the paired differences over all
+    questions (`pairs`: (a, b) labels to show; all by default), marking the significant ones."""
+    from tasks.scoring.evaluation import ALL, COMPARED, METRICS, difference_line, interval_cell
+
+    lake = lake_of(ctx)
+    info = lake.resolve(eval_results, "eval_results")
+    rows = [row for row in lake.read(info).to_pylist() if row.get("subset") in (None, ALL)]
+    by_benchmark: dict[str, dict[str, dict[str, dict]]] = defaultdict(lambda: defaultdict(dict))
     for row in rows:
-        metrics[row["benchmark"]][row["model_id"]][row["metric"]] = row["value"]
+        by_benchmark[row["benchmark"]][row.get("label") or row["model_id"]][row["metric"]] = row
     examples = {row["benchmark"]: row["n_examples"] for row in rows}
-    for label, meaning in (legend or {}).items():
-        console.print(f"  {label}: {meaning}", markup=False, highlight=False)
-    for benchmark, by_model in metrics.items():
-        table = Table("model", *METRICS, title=f"{benchmark} ({examples[benchmark]} questions)")
+    for benchmark, by_model in by_benchmark.items():
+        table = Table("model", *METRICS, title=f"{benchmark} ({examples[benchmark]} questions; 95% intervals)")
         for label, values in by_model.items():
-            table.add_row(label, *[f"{values[m]:.0f}" if m == "mean_tokens" else cell(values[m]) for m in METRICS])
+            table.add_row(label, *[interval_cell(values[metric]) for metric in METRICS])
         console.print(table)
+    written = [other for other in lake.versions(run_id=info.run_id) if other.table_name == "eval_comparisons"]
+    comparisons = [row for version in written for row in lake.read(version).to_pylist()]  # none before they existed
+    shown = [row for row in comparisons if row["subset"] == ALL and row["metric"] in COMPARED
+             and (pairs is None or (row["label_a"], row["label_b"]) in pairs)]  # fmt: skip
+    for row in shown:
+        mark = "[bold green]✓[/]" if row["significant"] else "[dim]·[/]"
+        console.print(f"{mark} {escape(difference_line(row))}", highlight=False)
 
 
 def _settings(ctx: typer.Context, profile: str | None, overrides: list[str] | None) -> tuple[str, list[str]]:
@@ -85,7 +94,7 @@ def pipeline(
     outputs = pipeline_flow(queries, test_queries, name=name, profile=profile, overrides=overrides)
     comparison_tables(ctx, outputs["eval_results"])
     for key, value in outputs.items():
-        for name_, id_ in (value.items() if isinstance(value, dict) else [("", value)]):
+        for name_, id_ in value.items() if isinstance(value, dict) else [("", value)]:
             console.print(f"{key}{'.' if name_ else ''}{name_}: {id_}", markup=False, highlight=False)
 
 
@@ -111,26 +120,23 @@ def quickstart(
     ctx.invoke(data_synth, ctx=ctx, task="arith", n=questions, seed=1, name=None)
     ctx.invoke(data_synth, ctx=ctx, task="arith", n=test_questions, seed=777, name=None)
     console.rule("the pipeline (Prefect flow `autotraj`)")
-    from flows.pipeline import pipeline_flow
-    from tasks.core.models import resolve_model
+    from flows.pipeline import ROLES, pipeline_flow
 
     outputs = pipeline_flow(
         f"arith-s1-n{questions}", f"arith-s777-n{test_questions}", name="quickstart",
         profile=ctx.obj["profile"], overrides=ctx.obj["overrides"],
     )  # fmt: skip
     config = config_of(ctx)
-    teacher = resolve_model(outputs["teacher"], data_dir=config.runtime.data_dir, lake=lake_of(ctx))
-    console.rule("teacher vs SFT vs GRPO")
-    comparison_tables(
-        ctx,
-        outputs["eval_results"],
-        {
-            teacher.label: "the teacher that wrote the rollouts",
-            outputs["sft_hq"]: "SFT on high-quality trajectories only",
-            outputs["sft"]: "SFT on high-quality + repaired trajectories",
-            outputs["grpo"]: "GRPO from that SFT policy, with the RM bonus",
-        },
-    )
+    teacher, hq_only, repaired, outcome_only, rm_bonus = ROLES
+    console.rule("the ablations: teacher, SFT, GRPO")
+    console.print(
+        f"{teacher}: the teacher that wrote the rollouts; {hq_only} / {repaired}: SFT on high-quality "
+        f"trajectories only / plus the repaired ones; {outcome_only} / {rm_bonus}: GRPO from {repaired}, "
+        "outcome and format reward only / plus the trajectory reward model's bonus",
+        markup=False, highlight=False,
+    )  # fmt: skip
+    ablations = [(hq_only, repaired), (outcome_only, rm_bonus), (teacher, repaired), (repaired, rm_bonus)]
+    comparison_tables(ctx, outputs["eval_results"], ablations)
     console.print(
         f"chart: {config.runtime.data_dir}/reports/quickstart.png\n"
         "next: [bold]autotraj tables --versions[/], "

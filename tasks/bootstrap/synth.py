@@ -28,6 +28,7 @@ class Template:
     formula: str
     plan: str
     ranges: dict[str, tuple[int, int]]
+    steps: int  # arithmetic operations the answer takes: the problem's difficulty stratum
 
 
 TEMPLATES = (
@@ -37,6 +38,7 @@ TEMPLATES = (
         "answer = a * b - c",
         "Multiply the crates by the bottles per crate, then subtract the broken bottles.",
         {"a": (120, 9999), "b": (12, 99), "c": (10, 999)},
+        2,
     ),
     Template(
         "{name} saves {a} dollars every month for {b} months, then spends {c} dollars on a bike. "
@@ -44,6 +46,7 @@ TEMPLATES = (
         "answer = a * b - c",
         "Multiply the monthly savings by the months, then subtract the cost of the bike.",
         {"a": (150, 4999), "b": (12, 60), "c": (100, 999)},
+        2,
     ),
     Template(
         "A school orders {a} packs of pencils with {b} pencils per pack and {c} packs of pens with {d} pens "
@@ -51,6 +54,7 @@ TEMPLATES = (
         "answer = a * b + c * d",
         "Multiply packs by pencils, multiply packs by pens, then add the two products.",
         {"a": (100, 999), "b": (12, 99), "c": (100, 999), "d": (12, 99)},
+        3,
     ),
     Template(
         "A farm collects {a} eggs on Monday and {b} eggs on Tuesday. The eggs are packed into cartons of {c}. "
@@ -58,6 +62,7 @@ TEMPLATES = (
         "eggs = a + b\nanswer = eggs // c",
         "Add the eggs of both days, then divide by the carton size and keep whole cartons.",
         {"a": (1000, 99999), "b": (1000, 99999), "c": (6, 48)},
+        2,
     ),
     Template(
         "A train travels at {a} kilometers per hour for {b} hours and then at {c} kilometers per hour for "
@@ -65,6 +70,7 @@ TEMPLATES = (
         "answer = a * b + c * d",
         "Multiply each speed by its hours, then add the two distances.",
         {"a": (60, 320), "b": (12, 99), "c": (60, 320), "d": (12, 99)},
+        3,
     ),
     Template(
         "A library has {a} books. It buys {b} boxes of {c} books each and gives away {d} books. "
@@ -72,6 +78,7 @@ TEMPLATES = (
         "answer = a + b * c - d",
         "Multiply the boxes by the books per box, add the books it had, then subtract those given away.",
         {"a": (1000, 99999), "b": (12, 99), "c": (12, 99), "d": (100, 999)},
+        3,
     ),
 )
 
@@ -85,6 +92,7 @@ class Problem:
     code: str
     plan: str
     answer: int
+    difficulty: int = 1  # the template's arithmetic steps
 
 
 def make_problem(rng: random.Random, index: int, prefix: str = "arith") -> Problem:
@@ -110,6 +118,7 @@ def make_problem(rng: random.Random, index: int, prefix: str = "arith") -> Probl
         code=code,
         plan=template.plan.format(**values),
         answer=answer,
+        difficulty=template.steps,
     )
 
 
@@ -120,11 +129,13 @@ def generate(n: int, seed: int, prefix: str = "arith") -> list[Problem]:
 
 
 def write_jsonl(problems: list[Problem], path: Path) -> Path:
-    """Write problems in the import format: {id, question, answer, task}."""
+    """Write problems in the import format: {id, question, answer, task, difficulty} (difficulty lands in the
+    queries' metadata, where evaluation reads its strata)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as handle:
         for problem in problems:
-            row = {"id": problem.id, "question": problem.question, "answer": str(problem.answer), "task": "math"}
+            row = {"id": problem.id, "question": problem.question, "answer": str(problem.answer), "task": "math",
+                   "difficulty": problem.difficulty}  # fmt: skip
             handle.write(json.dumps(row) + "\n")
     return path
 
