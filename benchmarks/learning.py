@@ -45,7 +45,7 @@ COMPARISONS = (
     ("rm_quality", OUTCOME_ONLY, RM_BONUS, "mean_quality", "all"),
     ("rm_length", OUTCOME_ONLY, RM_BONUS, "mean_tokens", "all"),
 )
-SEEDED = ("rollout.seed", "repair.seed", "sft.seed", "reward_model.seed", "grpo.seed")
+SEEDED = ("rollout.seed", "sft.seed", "reward_model.seed", "grpo.seed")
 
 
 def run_seed(autotraj: list[str], seed: int, questions: int, test_questions: int) -> str:
@@ -56,8 +56,10 @@ def run_seed(autotraj: list[str], seed: int, questions: int, test_questions: int
                        stdout=subprocess.DEVNULL)  # fmt: skip
     overrides = [item for key in SEEDED for item in ("--set", f"{key}={seed}")]
     command = [*autotraj, *overrides, "pipeline", train, "--test-queries", test, "--name", f"learn-s{seed}"]
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True)
     print(done.stdout, flush=True)
+    if done.returncode:
+        raise SystemExit(f"seed {seed}: the pipeline failed (exit {done.returncode}): {done.stderr[-3000:]}")
     (line,) = [line for line in done.stdout.splitlines() if line.startswith("eval_results: ")]
     return line.split(": ", 1)[1].strip()
 
