@@ -50,7 +50,11 @@ def test_paired_difference_interval_and_permutation_p_value() -> None:
     # so the exact two-sided p-value is 2/32.
     sweep = paired_difference([0, 0, 0, 0, 0], [1, 1, 1, 1, 1])
     assert (sweep.difference, sweep.low, sweep.high, sweep.n) == (1.0, 1.0, 1.0, 5)
-    assert sweep.p_value == pytest.approx(2 / 32) and sweep.significant
+    # Five questions cannot reach p < 0.05 however they fall, so it is not called significant, though the
+    # bootstrap interval (every resample's mean is 1) excludes 0.
+    assert sweep.p_value == pytest.approx(2 / 32) and not sweep.significant
+    six = paired_difference([0] * 6, [1] * 6)
+    assert six.p_value == pytest.approx(2 / 64) and six.significant
     # Differences +1, -1, 0, 0: the mean is 0 and every sign assignment is at least as extreme: p = 1.
     tie = paired_difference([0, 1, 1, 0], [1, 0, 1, 0])
     assert tie.difference == 0.0 and tie.p_value == pytest.approx(1.0) and not tie.significant
@@ -90,6 +94,6 @@ def test_evaluation_rows_per_subset_and_paired_comparisons() -> None:
     assert (accuracy["model_a"], accuracy["model_b"], accuracy["n"]) == ("a", "b", 6)
     assert accuracy["difference"] == pytest.approx(3 / 6)
     tokens = compared["all", "mean_tokens"]  # only questions both answered: 5
-    assert tokens["n"] == 5 and tokens["difference"] == -40 and tokens["significant"]
+    assert tokens["n"] == 5 and tokens["difference"] == -40 and not tokens["significant"]
     assert tokens["p_value"] == pytest.approx(2 / 32)
     assert model_metrics([], 3)["accuracy"].value == 0.0  # all errored: nothing correct

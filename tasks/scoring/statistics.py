@@ -41,8 +41,10 @@ class PairedDifference:
 
     @property
     def significant(self) -> bool:
-        """Whether the interval excludes 0 (at the confidence it was computed with)."""
-        return self.low is not None and self.high is not None and (self.low > 0 or self.high < 0)
+        """Whether both say so at the 95% level: the interval excludes 0 and p < 0.05 (with few discordant
+        questions the percentile interval can exclude 0 while the exact test does not reject)."""
+        excludes = self.low is not None and self.high is not None and (self.low > 0 or self.high < 0)
+        return excludes and self.p_value is not None and self.p_value < 1 - CONFIDENCE
 
 
 def proportion(successes: int, n: int, confidence: float = CONFIDENCE) -> Estimate:
