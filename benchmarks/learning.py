@@ -18,19 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import subprocess
-import sys
-import tempfile
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
+
+from data_home import AUTOTRAJ, fresh_data_dir
 
 from flows.pipeline import ROLES
 from schemas.config import load_config
 from schemas.lake import Lake
-from tasks.core.models import bootstrap_dir
 from tasks.scoring.evaluation import paired_values, subsets_of
 from tasks.scoring.statistics import paired_difference
 from tasks.stages.evaluate import score_evaluation
@@ -48,14 +44,14 @@ COMPARISONS = (
 SEEDED = ("rollout.seed", "sft.seed", "reward_model.seed", "grpo.seed")
 
 
-def run_seed(autotraj: list[str], seed: int, questions: int, test_questions: int) -> str:
+def run_seed(seed: int, questions: int, test_questions: int) -> str:
     """One pipeline run; returns its eval_results version id."""
     train, test = f"arith-s{seed}-n{questions}", f"arith-s{777 + seed}-n{test_questions}"
     for n, data_seed in ((questions, seed), (test_questions, 777 + seed)):
-        subprocess.run([*autotraj, "data", "synth", "--n", str(n), "--seed", str(data_seed)], check=True,
+        subprocess.run([*AUTOTRAJ, "data", "synth", "--n", str(n), "--seed", str(data_seed)], check=True,
                        stdout=subprocess.DEVNULL)  # fmt: skip
     overrides = [item for key in SEEDED for item in ("--set", f"{key}={seed}")]
-    command = [*autotraj, *overrides, "pipeline", train, "--test-queries", test, "--name", f"learn-s{seed}"]
+    command = [*AUTOTRAJ, *overrides, "pipeline", train, "--test-queries", test, "--name", f"learn-s{seed}"]
     done = subprocess.run(command, capture_output=True, text=True)
     print(done.stdout, flush=True)
     if done.returncode:
@@ -95,19 +91,13 @@ def main() -> None:
     args = parser.parse_args()
     seeds = [int(seed) for seed in args.seeds.split(",")]
 
-    source = Path(os.environ.get("AUTOTRAJ_HOME", ".autotraj")).absolute()
-    autotraj = [sys.executable, "-m", "flows.cli"]
-    subprocess.run([*autotraj, "bootstrap"], check=True, env={**os.environ, "AUTOTRAJ_HOME": str(source)})
-    home = Path(tempfile.mkdtemp(prefix="autotraj-learning-"))
-    shutil.copytree(bootstrap_dir(source), bootstrap_dir(home))
-    os.environ["AUTOTRAJ_HOME"] = str(home)
-    os.environ["PREFECT_HOME"] = str(home / "prefect-home")
+    home = fresh_data_dir("autotraj-learning-")
     print(f"data directory: {home}", flush=True)
 
     pooled: dict[tuple[str, str, str], tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
     per_seed: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for seed in seeds:
-        eval_results = run_seed(autotraj, seed, args.questions, args.test_questions)
+        eval_results = run_seed(seed, args.questions, args.test_questions)
         for key, (first, second) in question_values(Lake(home), eval_results).items():
             per_seed[key[0]].append({"seed": seed, **summary(first, second)})
             pooled[key][0].extend(first)

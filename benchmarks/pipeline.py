@@ -15,15 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-from tasks.core.models import bootstrap_dir
+from data_home import AUTOTRAJ, fresh_data_dir
 
 TARGET_SHARE = 0.10
 
@@ -47,15 +43,9 @@ def main() -> None:
     parser.add_argument("--test-questions", type=int, default=200)
     args = parser.parse_args()
 
-    source = Path(os.environ.get("AUTOTRAJ_HOME", ".autotraj")).absolute()
-    autotraj = [sys.executable, "-m", "flows.cli"]
-    subprocess.run([*autotraj, "bootstrap"], check=True, env={**os.environ, "AUTOTRAJ_HOME": str(source)})
-    home = Path(tempfile.mkdtemp(prefix="autotraj-bench-"))
-    shutil.copytree(bootstrap_dir(source), bootstrap_dir(home))
-    os.environ["AUTOTRAJ_HOME"] = str(home)
-    os.environ["PREFECT_HOME"] = str(home / "prefect-home")  # a fresh Prefect database: only this run's task runs
+    home = fresh_data_dir("autotraj-bench-")
     for n, seed in ((args.questions, 1), (args.test_questions, 777)):
-        subprocess.run([*autotraj, "data", "synth", "--n", str(n), "--seed", str(seed)], check=True,
+        subprocess.run([*AUTOTRAJ, "data", "synth", "--n", str(n), "--seed", str(seed)], check=True,
                        stdout=subprocess.DEVNULL)  # fmt: skip
 
     from flows.pipeline import pipeline_flow
