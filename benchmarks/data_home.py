@@ -1,4 +1,5 @@
-"""What the pipeline benchmarks share: a fresh data directory holding a copy of the tiny models."""
+"""What the pipeline benchmarks share: a fresh data directory holding a copy of the tiny models, the main job's
+synthetic questions, and the search corpus they need."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tasks.bootstrap import facts
 from tasks.core.models import bootstrap_dir
 
 AUTOTRAJ = [sys.executable, "-m", "flows.cli"]
@@ -24,3 +26,15 @@ def fresh_data_dir(prefix: str) -> Path:
     os.environ["AUTOTRAJ_HOME"] = str(home)
     os.environ["PREFECT_HOME"] = str(home / "prefect-home")  # a fresh Prefect database: only this run's runs
     return home
+
+
+def synth_queries(n: int, seed: int) -> str:
+    """Generate and import the main job's mixture (arithmetic and towns) here; returns the dataset's name."""
+    command = [*AUTOTRAJ, "data", "synth", "--task", "tir", "--n", str(n), "--seed", str(seed)]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return f"tir-s{seed}-n{n}"
+
+
+def search_corpus_override() -> str:
+    """The config override that points the search tool at the towns' corpus `synth_queries` wrote."""
+    return f"tools.search.corpus={facts.corpus_path(os.environ['AUTOTRAJ_HOME'])}"

@@ -7,7 +7,8 @@ held-out questions and seeds every sampler and trainer; the tiny teacher and rep
 the existing build (AUTOTRAJ_HOME, default ./.autotraj; built first if absent, not timed). For each
 seed and pooled over seeds (every held-out question one pair) it prints the paired differences, with
 95% paired-bootstrap intervals and permutation p-values:
-- SFT (HQ + repaired) − SFT (HQ only): accuracy, over all questions and on the hard stratum (3 steps);
+- SFT (HQ + repaired) − SFT (HQ only): accuracy, over all questions and on the hard stratum (difficulty 3:
+  three arithmetic steps, or two searches and an operation);
 - GRPO (RM bonus) − GRPO (outcome only): accuracy, mean quality and length.
 The last line is JSON with those figures and whether each target holds.
 
@@ -22,7 +23,7 @@ import subprocess
 from collections import defaultdict
 from typing import Any
 
-from data_home import AUTOTRAJ, fresh_data_dir
+from data_home import AUTOTRAJ, fresh_data_dir, search_corpus_override, synth_queries
 
 from flows.pipeline import ROLES
 from schemas.config import load_config
@@ -46,11 +47,8 @@ SEEDED = ("rollout.seed", "sft.seed", "reward_model.seed", "grpo.seed")
 
 def run_seed(seed: int, questions: int, test_questions: int) -> str:
     """One pipeline run; returns its eval_results version id."""
-    train, test = f"arith-s{seed}-n{questions}", f"arith-s{777 + seed}-n{test_questions}"
-    for n, data_seed in ((questions, seed), (test_questions, 777 + seed)):
-        subprocess.run([*AUTOTRAJ, "data", "synth", "--n", str(n), "--seed", str(data_seed)], check=True,
-                       stdout=subprocess.DEVNULL)  # fmt: skip
-    overrides = [item for key in SEEDED for item in ("--set", f"{key}={seed}")]
+    train, test = synth_queries(questions, seed), synth_queries(test_questions, 777 + seed)
+    overrides = [item for key in SEEDED for item in ("--set", f"{key}={seed}")] + ["--set", search_corpus_override()]
     command = [*AUTOTRAJ, *overrides, "pipeline", train, "--test-queries", test, "--name", f"learn-s{seed}"]
     done = subprocess.run(command, capture_output=True, text=True)
     print(done.stdout, flush=True)

@@ -16,10 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import time
 
-from data_home import AUTOTRAJ, fresh_data_dir
+from data_home import fresh_data_dir, search_corpus_override, synth_queries
 
 TARGET_SHARE = 0.10
 
@@ -44,14 +43,12 @@ def main() -> None:
     args = parser.parse_args()
 
     home = fresh_data_dir("autotraj-bench-")
-    for n, seed in ((args.questions, 1), (args.test_questions, 777)):
-        subprocess.run([*AUTOTRAJ, "data", "synth", "--n", str(n), "--seed", str(seed)], check=True,
-                       stdout=subprocess.DEVNULL)  # fmt: skip
+    train, test = synth_queries(args.questions, 1), synth_queries(args.test_questions, 777)
 
     from flows.pipeline import pipeline_flow
 
     started = time.perf_counter()
-    pipeline_flow(f"arith-s1-n{args.questions}", f"arith-s777-n{args.test_questions}", name="bench")
+    pipeline_flow(train, test, name="bench", overrides=[search_corpus_override()])
     total = time.perf_counter() - started
     stages = stage_runs()
     compute = sum(seconds for _, seconds in stages)

@@ -46,10 +46,12 @@ def test_build_is_cached(tiny_models) -> None:
     assert time.monotonic() - started < 5
 
 
-def test_test_size_build_writes_the_grammar_with_the_teacher_defects(tiny_models, capsys) -> None:
-    # The test size meets the format targets, shows every defect and answers some questions right (the
-    # pipeline test trains on those); the correctness targets need the full size (README: the main job).
+def test_test_size_build_writes_the_grammar_with_the_teacher_defects(tiny_models, home: Path, capsys) -> None:
+    # The test size meets the format targets, searches the towns' corpus, shows every defect and answers
+    # some questions right (the pipeline test trains on those); the correctness targets need the full
+    # size (README: the main job).
     figures = evaluate_build(Path(tiny_models.directory), load_config("cpu"), questions=64)
+    assert figures["teacher_searched"] > 0
     with capsys.disabled():
         for model, figure, value, target in figures["rows"]:
             print(f"\n  bootstrap (test size) {model:8} {figure:22} {value:>5}  target {target}", end="")
@@ -60,6 +62,8 @@ def test_test_size_build_writes_the_grammar_with_the_teacher_defects(tiny_models
     assert figures["targets_met"] is (
         figures["teacher_format_valid"] >= 0.8
         and 0.3 <= figures["teacher_correct"] <= 0.8
+        and figures["teacher_correct_easy"] > figures["teacher_correct_hard"]
+        and figures["teacher_searched"] > 0
         and figures["repairer_format_valid"] >= 0.9
         and figures["repairer_correct"] >= 0.7
     )

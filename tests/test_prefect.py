@@ -15,6 +15,7 @@ import yaml
 from flows.pipeline import ROLES
 from schemas.config import PROJECT_ROOT
 from schemas.lake import Lake, LakeError
+from tasks.bootstrap import facts
 from tests.conftest import FIXTURES, cli_server, run_stage_here
 from tests.flaky_server import FlakyServer, flaky_server
 
@@ -138,6 +139,11 @@ def test_stage_flows_resume_at_the_failed_stage_without_recomputing(prefect_api,
     assert lake.read("repairs/arith-s41-n6-rollout").num_rows == needing_repair
 
 
+def _evaluation_rollouts(lake: Lake, eval_results: str) -> list[str]:
+    """The rollouts versions an evaluation scored: one per evaluated model."""
+    return [ref for ref in lake.resolve(eval_results).input_versions if ref.startswith("rollouts/")]
+
+
 def _pipeline_overrides(tiny_models) -> list[str]:
     """The test-size models in every role, and budgets that keep each stage to seconds."""
     return [
@@ -175,10 +181,11 @@ def _pipeline_outputs(output: str) -> dict[str, Any]:
 
 
 def test_pipeline_runs_every_stage_and_a_rerun_skips_them_all(prefect_api, tiny_models, home: Path, cli) -> None:
-    cli("data", "synth", "--n", "16", "--seed", "3")
-    cli("data", "synth", "--n", "6", "--seed", "777")
-    command = ["pipeline", "arith-s3-n16", "--test-queries", "arith-s777-n6", "--name", "e2e"]
-    for override in _pipeline_overrides(tiny_models):
+    # The main job's mixture: arithmetic (Python) and fictional towns (search, and Python for two towns).
+    cli("data", "synth", "--task", "tir", "--n", "16", "--seed", "3")
+    cli("data", "synth", "--task", "tir", "--n", "6", "--seed", "777")
+    command = ["pipeline", "tir-s3-n16", "--test-queries", "tir-s777-n6", "--name", "e2e"]
+    for override in [*_pipeline_overrides(tiny_models), f"tools.search.corpus={facts.corpus_path(home)}"]:
         command += ["--set", override]
     started = datetime.now(UTC)
     result = cli(*command)
@@ -194,6 +201,10 @@ def test_pipeline_runs_every_stage_and_a_rerun_skips_them_all(prefect_api, tiny_
     }  # fmt: skip
     assert outputs["pairs_hq"]["sft_examples"] == "sft_examples/e2e-hq@1"
     assert lake.read(outputs["rollouts"]).num_rows == 32  # 16 queries x 2 samples
+    # Both tools ran for real: in the teacher's rollouts, and in the repairs and evaluated models' answers.
+    for versions in ([outputs["rollouts"]], [outputs["repairs"], *_evaluation_rollouts(lake, outputs["eval_results"])]):
+        rows = [row for version in versions for row in lake.read(version).to_pylist()]
+        assert {s["tool"] for row in rows for s in row["segments"] if s["kind"] == "tool"} == {"python", "search"}
     assert lake.read(outputs["scores"]).num_rows == 32
     # Each stage read the version the stage before it wrote.
     assert lake.resolve(outputs["scores"]).input_versions == (outputs["rollouts"],)
@@ -216,9 +227,9 @@ def test_pipeline_runs_every_stage_and_a_rerun_skips_them_all(prefect_api, tiny_
     assert {row["label"] for row in results} == set(ROLES)  # shown by role, not by hash
     info = lake.resolve(outputs["eval_results"])
     (comparisons,) = [v for v in lake.versions(run_id=info.run_id) if v.table_name == "eval_comparisons"]
-    subsets = {"all", "difficulty=2", "difficulty=3"}  # the synthetic task's strata
+    subsets = {"all", "task=math", "task=qa", "difficulty=2", "difficulty=3"}  # the held-out questions' tasks, strata
     assert {row["subset"] for row in results} == subsets
-    assert lake.read(comparisons).num_rows == 10 * 4 * 3  # 5 models: 10 pairs, 4 metrics, 3 subsets
+    assert lake.read(comparisons).num_rows == 10 * 4 * 5  # 5 models: 10 pairs, 4 metrics, 5 subsets
     assert "SFT HQ + repaired − SFT HQ only" in result.output  # the ablations' paired differences
     assert {row["metric"] for row in results} >= {"accuracy", "mean_quality", "tool_calls", "mean_tokens"}
     assert {row["n_examples"] for row in results if row["subset"] == "all"} == {6}

@@ -26,7 +26,7 @@ import psutil
 import pytest
 
 from schemas.lake import Lake
-from tasks.bootstrap import synth
+from tasks.bootstrap import mixture, synth
 from tests.conftest import free_port, run_stage_here
 
 WORKER_MARK = "autotraj_test_worker"  # a custom resource only the worker node has
@@ -87,7 +87,7 @@ def two_nodes() -> Iterator[Cluster]:
 def _import(lake: Lake, tmp_path: Path, count: int, name: str) -> str:
     from tasks.stages.import_queries import import_queries
 
-    path = synth.write_jsonl(synth.generate(count, seed=91, prefix=name), tmp_path / f"{name}.jsonl")
+    path = mixture.write_jsonl(synth.generate(count, seed=91, prefix=name), tmp_path / f"{name}.jsonl")
     return import_queries(lake, path, name).queries_version.version_id
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from schemas.config import load_config
 from schemas.lake import Lake
-from tasks.bootstrap import synth
+from tasks.bootstrap import mixture, synth
 from tasks.core.prompts import repair_prompt
 from tasks.scoring.quality import own_length_quality
 from tasks.stages.pairs import build_rows
@@ -122,7 +122,7 @@ def test_pairs_carry_provenance_and_exact_duplicates_are_removed() -> None:
 
 
 def test_sft_stage_data_end_to_end_on_the_tiny_models(tiny_models, lake: Lake, home: Path, tmp_path: Path, cli) -> None:
-    path = synth.write_jsonl(synth.generate(8, 77, prefix="e2e"), tmp_path / "e2e.jsonl")
+    path = mixture.write_jsonl(synth.generate(8, 77, prefix="e2e"), tmp_path / "e2e.jsonl")
     common = ["--set", "rollout.max_new_tokens_per_turn=160", "--set", "tools.python.workers=1"]
     assert cli("data", "import", str(path), "--name", "e2e").exit_code == 0
     result = cli(*common, "rollout", "-q", "e2e", "--model", tiny_models.teacher, "--n", "2", "--no-ray")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from schemas.lake import Lake
-from tasks.bootstrap import synth
+from tasks.bootstrap import mixture, synth
 from tasks.core.prompts import Prompts, encode_prompt
 from tasks.core.tir import TOOL_STOPS, parse_tool_call, tool_segment_text
 from tasks.generation.engine import FINISH_REASONS, EngineLimits, RolloutEngine, Trajectory
@@ -119,7 +119,7 @@ def test_limits_end_trajectories_with_their_reason(teacher, pool) -> None:
 def _import_questions(lake: Lake, tmp_path: Path, count: int, task: str = "math") -> str:
     from tasks.stages.import_queries import FieldMapping, import_queries
 
-    path = synth.write_jsonl(QUESTIONS[:count], tmp_path / "rt.jsonl")
+    path = mixture.write_jsonl(QUESTIONS[:count], tmp_path / "rt.jsonl")
     report = import_queries(lake, path, f"rt-{task}", FieldMapping(task="no-such-field", default_task=task))
     assert report.queries_version is not None
     return report.queries_version.version_id

@@ -24,7 +24,7 @@ import yaml
 
 from schemas.config import PROFILES_DIR
 from schemas.lake import Lake
-from tasks.bootstrap import synth
+from tasks.bootstrap import mixture, synth
 from tasks.core.models import API_KEY_ENV
 from tests.conftest import cli_server, free_port
 
@@ -151,7 +151,7 @@ def test_a_dead_server_gives_errored_rows_that_score_counts_and_never_labels(
     # A server that refuses one query (too long for its context) and answers the others.
     problems = synth.generate(2, 64, prefix="mixed")
     long = synth.Problem("mixed-long", " ".join(["the stone is heavy"] * 600) + " What is 1 + 1?", "", "", 2)
-    path = synth.write_jsonl([*problems, long], tmp_path / "mixed.jsonl")
+    path = mixture.write_jsonl([*problems, long], tmp_path / "mixed.jsonl")
     assert cli("data", "import", str(path), "--name", "mixed").exit_code == 0
     result = cli(*SHORT, "rollout", "--queries", "mixed", "--n", "2", "--model", _reference(served), "--tokenizer",
                  tokenizer, "--no-ray")  # fmt: skip

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from tasks.bootstrap import synth
+from tasks.bootstrap import mixture, synth
 from tasks.core.tir import extract_boxed, format_problem, parse_tool_call, tool_segment_text
 
 
@@ -37,7 +37,7 @@ def test_rendered_styles_follow_the_grammar(style: str) -> None:
     boxed = extract_boxed(response)
     assert (boxed == str(problem.answer)) == (style not in synth.WRONG_STYLES)
     tool_segments = [text for kind, text in segments if kind == "python"]
-    assert len(tool_segments) == (0 if style == "skip_tool" else 1)
+    assert len(tool_segments) == {"skip_tool": 0, "redundant": 2}.get(style, 1)
     if tool_segments:  # the tool result is what the trajectory's own code prints
         code = response.split("<code>\n")[1].split("\n</code>")[0]
         printed = io.StringIO()
@@ -65,10 +65,11 @@ def test_defect_styles_carry_their_defects() -> None:
 
 
 def test_write_jsonl_matches_the_import_format(tmp_path) -> None:
-    path = synth.write_jsonl(synth.generate(3, seed=1), tmp_path / "q.jsonl")
+    path = mixture.write_jsonl(mixture.generate("tir", 12, seed=1), tmp_path / "q.jsonl")
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [set(row) for row in rows] == [{"id", "question", "answer", "task", "difficulty"}] * 3
-    assert all(row["task"] == "math" and row["answer"].isdigit() for row in rows)
+    assert [set(row) for row in rows] == [{"id", "question", "answer", "task", "difficulty"}] * 12
+    assert {row["task"] for row in rows} == {"math", "qa"} and all(row["answer"].isdigit() for row in rows)
+    assert len({row["id"] for row in rows}) == 12
 
 
 def test_difficulty_counts_the_templates_arithmetic_steps() -> None:

@@ -75,17 +75,32 @@ def data_import(
 def data_synth(
     ctx: typer.Context,
     task: Annotated[
-        str, typer.Option(help="Synthetic task: arith (arithmetic word problems that need Python).")
+        str,
+        typer.Option(
+            help="Synthetic task: arith (arithmetic word problems that need Python), facts (questions about "
+            "fictional towns that need search, and Python for two towns) or tir (both, mixed)."
+        ),
     ] = "arith",
     n: Annotated[int, typer.Option("--n", help="Number of questions.", min=1)] = 200,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same questions).")] = 0,
     name: Annotated[str | None, typer.Option("--name", help="Dataset name [default: <task>-s<seed>-n<n>].")] = None,
-) -> None:
-    """Generate synthetic questions with gold answers and import them as queries."""
-    from tasks.bootstrap import synth
+) -> Path | None:
+    """Generate synthetic questions with gold answers and import them as queries; for facts and tir, also
+    write the towns' search corpus (returned) that the pipeline's `tools.search.corpus` must name."""
+    from tasks.bootstrap import facts, mixture
 
-    if task != "arith":
-        raise fail(f"unknown synthetic task {task!r}; available: arith")
+    if task not in mixture.TASKS:
+        raise fail(f"unknown synthetic task {task!r}; available: {', '.join(mixture.TASKS)}")
     name = name or f"{task}-s{seed}-n{n}"
-    path = synth.write_jsonl(synth.generate(n, seed), Path(config_of(ctx).runtime.data_dir) / "synth" / f"{name}.jsonl")
+    data_dir = config_of(ctx).runtime.data_dir
+    path = mixture.write_jsonl(mixture.generate(task, n, seed), Path(data_dir) / "synth" / f"{name}.jsonl")
     ctx.invoke(data_import, ctx=ctx, path=path, name=name)
+    if not mixture.needs_world(task):
+        return None
+    corpus = facts.ensure_corpus(data_dir)
+    console.print(
+        f"search corpus: {corpus} (the towns these questions ask about): run the stages as "
+        f"`autotraj --set tools.search.corpus={corpus} …`",
+        markup=False, highlight=False,
+    )  # fmt: skip
+    return corpus

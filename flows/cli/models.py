@@ -41,7 +41,11 @@ def bootstrap(
         )
     verb = "built" if result.built else "reused"
     evaluation = result.metrics.get("evaluation", {})
-    parts = [f"{role} {result.metrics[role].get('seconds', '?')} s" for role in ("teacher", "repairer")]
+    parts = [
+        f"{role} {result.metrics[role].get('seconds', '?')} s"
+        for role in ("base", "teacher", "repairer")
+        if role in result.metrics
+    ]
     parts.append(f"evaluation {evaluation.get('seconds', '?')} s")
     console.print(f"{verb} [bold]{result.directory}[/] ({result.seconds} s to build: {', '.join(parts)})")
     if evaluation:

@@ -116,15 +116,15 @@ def quickstart(
         ctx.invoke(data_import, ctx=ctx, path=file, name=file.stem)  # imported once; for `autotraj eval`
     console.rule("tiny models")
     ctx.invoke(bootstrap, ctx=ctx, size="full", seed=0, force=False)
-    console.rule("synthetic task")
-    ctx.invoke(data_synth, ctx=ctx, task="arith", n=questions, seed=1, name=None)
-    ctx.invoke(data_synth, ctx=ctx, task="arith", n=test_questions, seed=777, name=None)
+    console.rule("synthetic task: arithmetic (Python) and fictional towns (search)")
+    corpus = ctx.invoke(data_synth, ctx=ctx, task="tir", n=questions, seed=1, name=None)
+    ctx.invoke(data_synth, ctx=ctx, task="tir", n=test_questions, seed=777, name=None)
     console.rule("the pipeline (Prefect flow `autotraj`)")
     from flows.pipeline import ROLES, pipeline_flow
 
     outputs = pipeline_flow(
-        f"arith-s1-n{questions}", f"arith-s777-n{test_questions}", name="quickstart",
-        profile=ctx.obj["profile"], overrides=ctx.obj["overrides"],
+        f"tir-s1-n{questions}", f"tir-s777-n{test_questions}", name="quickstart",
+        profile=ctx.obj["profile"], overrides=[f"tools.search.corpus={corpus}", *ctx.obj["overrides"]],
     )  # fmt: skip
     config = config_of(ctx)
     teacher, hq_only, repaired, outcome_only, rm_bonus = ROLES

@@ -1,10 +1,14 @@
 """Build the embedded default's models offline: a byte-level BPE tokenizer and two tiny causal LMs.
 
 No pretrained generative model can be downloaded here, so `autotraj bootstrap` trains its own, from
-scratch, on synthetic trajectories of the arithmetic task (tasks/bootstrap/synth.py):
-- the **teacher** imitates a real teacher's spread of quality: mostly clean tool use, some hedging,
-  some verbose/repetitive thinking, some skipping the tool and guessing a wrong number (and, once
-  sampled, some copying a number of the question wrongly into its code);
+scratch, on synthetic trajectories of the arithmetic task (Python) and the fictional-towns task
+(search, and Python for two towns) (tasks/bootstrap/mixture.py):
+- the **teacher** imitates a real teacher's spread of quality: clean tool use, hedging, verbose and
+  repetitive thinking, redundant tool calls, skipping the tool and guessing a wrong number (and, once
+  sampled, copying a number wrongly into its code). Like a real teacher it fails more often the harder
+  the question: it is trained to guess on 5% of one-search questions, 20% of two-step and 60% of
+  three-step ones (two searches and arithmetic, or three arithmetic steps), so the hard stratum is
+  where repairs add examples that filtering alone cannot;
 - the **repairer** reads the repair prompt (question + a bad trajectory) and writes a clean one.
 Both are Llama-architecture models saved in Hugging Face format, so every later stage loads them
 with `AutoModelForCausalLM.from_pretrained(path)` like any real model.
@@ -28,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.config import private_dir
-from tasks.bootstrap import synth
+from tasks.bootstrap import facts, mixture, synth
 from tasks.core.models import bootstrap_dir
 from tasks.core.prompts import load_prompt, repair_prompt
 from tasks.core.tir import TAG_TOKENS
@@ -39,22 +43,30 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
-TEACHER_STYLES = {"clean": 0.40, "hedging": 0.15, "verbose": 0.15, "skip_tool": 0.30}
-# A teacher that copied a number wrongly is a source the repairer must fix by reading the question,
-# not the bad code.
-REPAIR_SOURCES = {"hedging": 0.25, "verbose": 0.25, "skip_tool": 0.3, "miscopied": 0.2}
+# The teacher's styles by difficulty (the problem's steps): mostly right on easy, mostly wrong on hard.
+# Sampling at 0.7 sharpens these toward each stratum's most likely style, so the rates the teacher
+# shows are more extreme than the ones it is trained on.
+TEACHER_STYLES = {
+    1: {"clean": 0.55, "hedging": 0.12, "verbose": 0.10, "redundant": 0.18, "skip_tool": 0.05},
+    2: {"clean": 0.45, "hedging": 0.12, "verbose": 0.10, "redundant": 0.13, "skip_tool": 0.20},
+    3: {"clean": 0.25, "hedging": 0.06, "verbose": 0.04, "redundant": 0.05, "skip_tool": 0.60},
+}
+# A teacher that copied a number wrongly is a source the repairer must fix by reading the question
+# (or the search result), not the bad code.
+REPAIR_SOURCES = {"hedging": 0.2, "verbose": 0.15, "redundant": 0.15, "skip_tool": 0.3, "miscopied": 0.2}
 
 
 @dataclass(frozen=True)
 class BootstrapSize:
     """How big and how long: the full build, or the test build."""
 
-    vocab_size: int = 1500
+    vocab_size: int = 2200  # the arithmetic task's words and numbers, and the towns' 552 names
     hidden_size: int = 64
     layers: int = 2  # two layers are enough to copy the question's numbers (an induction circuit)
     heads: int = 4
     intermediate_size: int = 170
-    teacher_steps: int = 1800
+    base_steps: int = 2400  # a clean tool user: copying numbers into code and out of results is learned here
+    teacher_steps: int = 600
     repairer_steps: int = 700
     batch_size: int = 16
     learning_rate: float = 3e-3
@@ -69,7 +81,7 @@ class BootstrapSize:
         if name == "test":
             # Shorter, yet past the step (about 1000) where the teacher learns to copy the question
             # into its code: the pipeline test needs some correct answers to train on.
-            return cls(teacher_steps=1300, repairer_steps=250)
+            return cls(base_steps=1200, teacher_steps=250, repairer_steps=250)
         raise ValueError(f"unknown bootstrap size {name!r}; choose full or test")
 
 
@@ -83,6 +95,9 @@ def build_tokenizer(out_dir: Path, size: BootstrapSize, seed: int) -> Any:
     # Every prompt the models will read, often enough that its words become whole tokens.
     repair_prompts = [load_prompt(None, f"repair.{variant}_prompt_file") for variant in ("wrong", "low_quality")]
     corpus = [system, *repair_prompts] * 200
+    # Arithmetic trajectories whole, the towns task's wording and names without its numbers (see
+    # facts.vocabulary_text).
+    corpus += facts.vocabulary_text() * 200
     for problem in synth.generate(size.tokenizer_problems, seed, prefix="tok"):
         style = rng.choice(synth.STYLES)
         corpus += [problem.question, synth.trajectory_text(synth.render(problem, style, rng))]
@@ -157,19 +172,26 @@ def _pick(rng: random.Random, weights: dict[str, float]) -> str:
     return rng.choices(list(weights), weights=list(weights.values()))[0]
 
 
+def base_example(tokenizer: Any, rng: random.Random) -> tuple[list[int], list[int]]:
+    """A fresh problem, answered cleanly: what the base both models start from learns."""
+    problem = mixture.training_problem(rng)
+    return encode_example(tokenizer, problem.question, mixture.render(problem, "clean", rng))
+
+
 def teacher_example(tokenizer: Any, rng: random.Random) -> tuple[list[int], list[int]]:
-    """A fresh problem, answered in a style drawn from the teacher's mixture."""
-    problem = synth.make_problem(rng, 0, prefix="train")
-    return encode_example(tokenizer, problem.question, synth.render(problem, _pick(rng, TEACHER_STYLES), rng))
+    """A fresh problem, answered in a style drawn from the teacher's mixture for its difficulty."""
+    problem = mixture.training_problem(rng)
+    style = _pick(rng, TEACHER_STYLES[problem.difficulty])
+    return encode_example(tokenizer, problem.question, mixture.render(problem, style, rng))
 
 
 def repairer_example(tokenizer: Any, rng: random.Random) -> tuple[list[int], list[int]]:
     """A repair prompt around a flawed trajectory, answered with a clean one."""
-    problem = synth.make_problem(rng, 0, prefix="train")
+    problem = mixture.training_problem(rng)
     source = _pick(rng, REPAIR_SOURCES)
-    bad = synth.trajectory_text(synth.render(problem, source, rng))
-    user = repair_prompt(problem.question, bad, "wrong" if source in synth.WRONG_STYLES else "low_quality")
-    return encode_example(tokenizer, user, synth.render(problem, "clean", rng))
+    bad = synth.trajectory_text(mixture.render(problem, source, rng))
+    user = repair_prompt(problem.question, bad, "wrong" if source in mixture.WRONG_STYLES else "low_quality")
+    return encode_example(tokenizer, user, mixture.render(problem, "clean", rng))
 
 
 def model_config(tokenizer: Any, size: BootstrapSize) -> Any:
@@ -256,12 +278,14 @@ def train_model(
             labels[row, : len(ids)] = torch.tensor(row_labels)
             attention[row, : len(ids)] = 1
         input_ids, labels, attention = input_ids.to(device), labels.to(device), attention.to(device)
-        logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1]
+        hidden = model.model(input_ids=input_ids, attention_mask=attention).last_hidden_state[:, :-1]
         targets = labels[:, 1:]
-        per_token = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
-        )
-        weights = (targets.reshape(-1) != -100).float() * number_weight[targets.reshape(-1).clamp(min=0)]
+        trained = targets != -100
+        # The output layer only where there is a label: over a vocabulary of thousands it is most of a
+        # step's work, and prompts (long repair prompts above all) and padding have none.
+        logits = model.lm_head(hidden[trained])
+        per_token = torch.nn.functional.cross_entropy(logits, targets[trained], reduction="none")
+        weights = number_weight[targets[trained]]
         total = (per_token * weights).sum()
         loss = total / weights.sum()  # per token: what is reported
         # Batches are grouped by length, so divide by the mean weighted tokens per batch so far, not this
@@ -329,11 +353,14 @@ def bootstrap(
     tokenizer = build_tokenizer(staging / "tokenizer", size, seed)
     check_reload(tokenizer, model_config(tokenizer, size))
     metrics: dict[str, Any] = {"tokenizer_vocab": len(tokenizer)}
-    # The repairer starts from the teacher: it already reads questions and copies numbers into code,
-    # and only has to learn to read a repair prompt and always answer cleanly.
+    # Both models start from a clean tool user (as real teachers and repairers start from one instruction
+    # model): the skill of copying numbers is learned once, on clean trajectories only, where every
+    # example teaches it. The teacher then learns its spread of defects, the repairer to read a repair
+    # prompt and answer cleanly.
     for role, make_example, steps, init_from in (
-        ("teacher", teacher_example, size.teacher_steps, None),
-        ("repairer", repairer_example, size.repairer_steps, staging / "teacher"),
+        ("base", base_example, size.base_steps, None),
+        ("teacher", teacher_example, size.teacher_steps, staging / "base"),
+        ("repairer", repairer_example, size.repairer_steps, staging / "base"),
     ):
 
         def report(step: int, loss: float, role: str = role, steps: int = steps) -> None:
@@ -341,6 +368,7 @@ def bootstrap(
                 progress(role, step, steps, loss)
 
         metrics[role] = train_model(tokenizer, make_example, steps, size, seed, staging / role, report, init_from)
+    shutil.rmtree(staging / "base")  # only the start of the two models
     if final.exists():
         shutil.rmtree(final)
     staging.rename(final)

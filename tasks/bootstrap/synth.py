@@ -9,11 +9,9 @@ writes exactly what the engine expects and gets back exactly what the engine app
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from tasks.core.tir import tool_segment_text
 
@@ -93,6 +91,7 @@ class Problem:
     plan: str
     answer: int
     difficulty: int = 1  # the template's arithmetic steps
+    task: str = "math"  # verified by math equivalence
 
 
 def make_problem(rng: random.Random, index: int, prefix: str = "arith") -> Problem:
@@ -128,25 +127,13 @@ def generate(n: int, seed: int, prefix: str = "arith") -> list[Problem]:
     return [make_problem(rng, index, prefix) for index in range(n)]
 
 
-def write_jsonl(problems: list[Problem], path: Path) -> Path:
-    """Write problems in the import format: {id, question, answer, task, difficulty} (difficulty lands in the
-    queries' metadata, where evaluation reads its strata)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        for problem in problems:
-            row = {"id": problem.id, "question": problem.question, "answer": str(problem.answer), "task": "math",
-                   "difficulty": problem.difficulty}  # fmt: skip
-            handle.write(json.dumps(row) + "\n")
-    return path
-
-
 # -- trajectories in the TIR grammar ---------------------------------------------------------------
 
-STYLES = ("clean", "hedging", "verbose", "skip_tool", "miscopied")
+STYLES = ("clean", "hedging", "verbose", "redundant", "skip_tool", "miscopied")
 WRONG_STYLES = ("skip_tool", "miscopied")  # the styles whose answer is wrong
 
 
-def _wrong_guess(rng: random.Random, answer: int) -> int:
+def wrong_guess(rng: random.Random, answer: int) -> int:
     """What a model that does the arithmetic 'in its head' writes: close-looking, but wrong."""
     digits = list(str(answer))
     position = rng.randrange(len(digits))
@@ -161,7 +148,7 @@ def miscopy(problem: Problem, rng: random.Random) -> Problem:
     head, quoted = problem.code[:start], problem.code[start:]
     while True:
         target = rng.choice(re.findall(r"\d+", problem.question))
-        code = head + quoted.replace(target, str(_wrong_guess(rng, int(target))), 1)
+        code = head + quoted.replace(target, str(wrong_guess(rng, int(target))), 1)
         scope: dict[str, int] = {}
         exec(code, scope)  # our own template with our own integers
         if scope["answer"] != problem.answer:
@@ -171,8 +158,9 @@ def miscopy(problem: Problem, rng: random.Random) -> Problem:
 def render(problem: Problem, style: str, rng: random.Random) -> list[tuple[str, str]]:
     """A trajectory as segments: ("model", text) and ("python", tool text), in the engine's format.
 
-    Styles: clean, hedging, verbose (repetitive thinking), skip_tool (guesses a wrong number),
-    miscopied (clean, but one number copied wrongly into the code, so the answer is wrong).
+    Styles: clean, hedging, verbose (repetitive thinking), redundant (runs the same code twice),
+    skip_tool (guesses a wrong number), miscopied (clean, but one number copied wrongly into the code,
+    so the answer is wrong).
     """
     if style == "miscopied":
         return render(miscopy(problem, rng), "clean", rng)
@@ -199,8 +187,16 @@ def render(problem: Problem, style: str, rng: random.Random) -> list[tuple[str, 
             tool,
             ("model", f"<think> The code printed the answer. The code printed the answer. </think>\n{final}"),
         ]  # fmt: skip
+    if style == "redundant":
+        return [
+            ("model", f"<think> {problem.plan} I will compute it with Python. </think>\n{code}"),
+            tool,
+            ("model", f"<think> Let me run it again to be sure. </think>\n{code}"),
+            tool,
+            ("model", f"<think> The code printed the answer. </think>\n{final}"),
+        ]
     if style == "skip_tool":
-        guess = _wrong_guess(rng, value)
+        guess = wrong_guess(rng, value)
         return [
             ("model", f"<think> {problem.plan} I can do this in my head. </think>\n"
              f"<answer> The final answer is \\boxed{{{guess}}} </answer>"),

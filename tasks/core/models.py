@@ -21,7 +21,7 @@ from tasks.core.errors import ModelReferenceError
 if TYPE_CHECKING:
     from schemas.lake import Lake
 
-BOOTSTRAP_FORMAT = 3  # bumped when the bootstrap build changes shape; old builds are not reused
+BOOTSTRAP_FORMAT = 4  # bumped when the bootstrap build changes shape; old builds are not reused
 ROLES = {"teacher": "teacher", "policy": "teacher", "repairer": "repairer"}  # role -> bootstrap model
 Kind = Literal["role", "registered", "path", "served", "endpoint"]
 
