@@ -102,7 +102,8 @@ def test_continuing_from_the_kept_kv_cache_changes_nothing(teacher, pool, temper
 
 
 def test_limits_end_trajectories_with_their_reason(teacher, pool) -> None:
-    no_tools = _engine(teacher, pool, max_tool_calls=0).run(_trajectories(teacher, 6), SamplingParams(temperature=0.0))
+    # All 12: the greedy teacher guesses on the hard (3-step) ones and calls the tool on the others.
+    no_tools = _engine(teacher, pool, max_tool_calls=0).run(_trajectories(teacher), SamplingParams(temperature=0.0))
     assert {t.finish_reason for t in no_tools} <= {"max_tool_calls", "answer"}
     assert "max_tool_calls" in {t.finish_reason for t in no_tools}
     assert all(t.num_tool_calls == 0 for t in no_tools)
