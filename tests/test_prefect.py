@@ -350,11 +350,11 @@ def test_errored_rows_keep_a_stage_uncached_until_a_healthy_rerun_completes_them
 
     cli("data", "synth", "--n", "6", "--seed", "47")
     lake = Lake(home)
-    flaky = FlakyServer(every=3, stall_s=2.0)  # every third request fails on each attempt, in turn each way
+    flaky = FlakyServer(every=3, stall_s=4.0)  # every third request fails on each attempt, in turn each way
     overrides = [
         "rollout.n=2", "rollout.temperature=0.7", "rollout.max_new_tokens_per_turn=256", "rollout.max_total_tokens=512",
         f"rollout.tokenizer={tiny_models.teacher}", f"repair.tokenizer={tiny_models.teacher}", "tools.python.workers=1",
-        "requests.timeout_s=1", "requests.attempts=2", "requests.backoff_s=0.05", "runtime.stage_retries=0",
+        "requests.timeout_s=3", "requests.attempts=2", "requests.backoff_s=0.05", "runtime.stage_retries=0",
         "runtime.stage_retry_delay_s=0",
     ]  # fmt: skip
 
