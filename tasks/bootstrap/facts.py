@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,6 +34,7 @@ SYLLABLES = (
 NAMES = tuple(f"{first.capitalize()}{second}" for first in SYLLABLES for second in SYLLABLES if first != second)
 REGIONS = ("northern", "southern", "eastern", "western", "coastal", "mountain", "river", "desert")
 WORLD_SEED = 0
+Guess = Callable[[random.Random, int], int]  # a plausible wrong number near the right one
 WORLD_TOWNS = 500
 
 
@@ -192,7 +194,7 @@ def make_problem(rng: random.Random, index: int, prefix: str = "facts", world: l
     )
 
 
-def miscopy(problem: FactProblem, rng: random.Random, wrong_guess) -> FactProblem:
+def miscopy(problem: FactProblem, rng: random.Random, wrong_guess: Guess) -> FactProblem:
     """The problem as a model that copied one found number wrongly sees it (its answer follows)."""
     position = rng.randrange(len(problem.seen))
     seen = list(problem.seen)
@@ -207,7 +209,7 @@ def _written_fact(town: Town, attribute: str, value: int) -> str:
     return replace(town, residents=value, founded=value).fact(attribute)
 
 
-def render(problem: FactProblem, style: str, rng: random.Random, wrong_guess) -> list[tuple[str, str]]:
+def render(problem: FactProblem, style: str, rng: random.Random, wrong_guess: Guess) -> list[tuple[str, str]]:
     """A trajectory as segments ("model", text) / ("search" or "python", tool text), in the engine's format.
 
     `wrong_guess(rng, value)` is the arithmetic task's plausible wrong number (shared, so both tasks
