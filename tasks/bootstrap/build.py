@@ -79,7 +79,7 @@ class BootstrapSize:
         if name == "full":
             return cls()
         if name == "test":
-            # Shorter, yet past the step (about 1000) where the teacher learns to copy the question
+            # Shorter, yet past the step (about 1000) where the base learns to copy the question
             # into its code: the pipeline test needs some correct answers to train on.
             return cls(base_steps=1200, teacher_steps=250, repairer_steps=250)
         raise ValueError(f"unknown bootstrap size {name!r}; choose full or test")
