@@ -81,9 +81,12 @@ def test_search_trajectories_follow_the_grammar_and_read_what_the_search_tool_re
             assert len(searches) == 2 and searches[0][1] == searches[1][1]
 
 
-def test_the_tir_mixture_holds_both_tools_and_every_stratum() -> None:
+def test_the_tir_mixture_holds_both_tools_and_every_stratum_each_question_once() -> None:
     problems = mixture.generate("tir", 300, seed=1)
     assert problems == mixture.generate("tir", 300, seed=1)
+    # A small world's lookups (two per town) repeat by chance in a large set; none is asked twice.
+    small = mixture.generate("facts", 150, seed=1, world=facts.make_world(60))
+    assert len({p.question for p in small}) == len(small) == 150
     assert {(p.task, p.difficulty) for p in problems} == {("qa", 1), ("qa", 3), ("math", 2), ("math", 3)}
     with pytest.raises(ValueError, match="unknown synthetic task 'nope'"):
         mixture.generate("nope", 1, seed=1)

@@ -37,12 +37,18 @@ def generate(task: str, n: int, seed: int, world: Sequence[facts.Town] | None = 
         raise ValueError(f"unknown synthetic task {task!r}; available: {', '.join(TASKS)}")
     towns = list(world or facts.make_world())
     rng = random.Random(seed)
-    return [
-        facts.make_problem(rng, index, "facts", towns)
-        if task == "facts" or rng.random() < SEARCH_SHARE
-        else synth.make_problem(rng, index, "arith")
-        for index in range(n)
-    ]
+    problems: list[Problem] = []
+    asked: set[str] = set()
+    while len(problems) < n:  # each question once: a world's lookups are few enough to be drawn twice
+        index = len(problems)
+        if task == "facts" or rng.random() < SEARCH_SHARE:
+            problem: Problem = facts.make_problem(rng, index, "facts", towns)
+        else:
+            problem = synth.make_problem(rng, index, "arith")
+        if problem.question not in asked:
+            asked.add(problem.question)
+            problems.append(problem)
+    return problems
 
 
 def training_problem(rng: random.Random) -> Problem:
