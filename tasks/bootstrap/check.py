@@ -86,6 +86,7 @@ def evaluate_build(directory: Path, config: PipelineConfig, questions: int = 200
     _, teacher_easy = rates(teacher, lambda difficulty: difficulty < 3)
     _, teacher_hard = rates(teacher, lambda difficulty: difficulty == 3)
     repairer_valid, repairer_correct = rates(repairer)
+    _, repairer_hard = rates(repairer, lambda difficulty: difficulty == 3)
     defects = {
         "hedging": sum(bool(HEDGING.search(_think_text(t.response))) for t in teacher),
         "repetitive": sum(_repetitive(_think_text(t.response)) for t in teacher),
@@ -101,6 +102,7 @@ def evaluate_build(directory: Path, config: PipelineConfig, questions: int = 200
         "teacher_searched": searched,
         "repairer_format_valid": repairer_valid,
         "repairer_correct": repairer_correct,
+        "repairer_correct_hard": repairer_hard,
         "teacher_defects": defects,
     }
     met = (
@@ -120,5 +122,6 @@ def evaluate_build(directory: Path, config: PipelineConfig, questions: int = 200
         *[("teacher", f"defect: {kind}", str(count), "> 0") for kind, count in defects.items()],
         ("repairer", "format valid", f"{repairer_valid:.0%}", ">= 90%"),
         ("repairer", "correct", f"{repairer_correct:.0%}", ">= 70%"),
+        ("repairer", "correct, hard", f"{repairer_hard:.0%}", "(what repairs add to the hard stratum)"),
     ]
     return figures | {"questions": questions, "targets_met": met, "rows": rows}
