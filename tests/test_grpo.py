@@ -222,11 +222,13 @@ def test_grpo_moves_the_policy_and_a_killed_run_resumes_from_its_checkpoint(
 
     logged = lake.sql(
         "SELECT name, count(*) AS n, count(DISTINCT step) AS steps FROM train_metrics "
-        "WHERE model_id = ? AND (name LIKE 'reward_parts/%' OR name = 'reward') GROUP BY name",
+        "WHERE model_id = ? AND (name LIKE 'reward_parts/%' OR name LIKE 'rollout/%' OR name = 'reward') GROUP BY name",
         [result.outputs["model"]],
     ).to_pylist()
     by_name = {row["name"]: row for row in logged}
-    for part in ("reward", "reward_parts/format_valid", "reward_parts/outcome", "reward_parts/rm_bonus"):
+    parts = ("reward", "reward_parts/format_valid", "reward_parts/outcome", "reward_parts/rm_bonus",
+             "rollout/python_calls", "rollout/search_calls")  # fmt: skip
+    for part in parts:
         assert by_name[part]["n"] == by_name[part]["steps"] == steps  # every step logged once, none twice
     again = run_stage_here("grpo", overrides, **arguments)
     assert "already trained" in again.summary.title and again.outputs["model"] == result.outputs["model"]

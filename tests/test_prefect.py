@@ -215,6 +215,12 @@ def test_pipeline_runs_every_stage_and_a_rerun_skips_them_all(prefect_api, tiny_
     # GRPO started from that SFT model, with that reward model.
     grpo_inputs = registered[outputs["grpo"]].input_versions
     assert {registered[outputs["sft"]].version_id, registered[outputs["reward_model"]].version_id} <= set(grpo_inputs)
+    # GRPO's own rollouts (logged per step, not stored) called both tools too.
+    calls = lake.sql(
+        "SELECT name, sum(value) AS calls FROM train_metrics WHERE model_id IN (?, ?) AND name LIKE 'rollout/%' "
+        "GROUP BY name", [outputs["grpo"], outputs["grpo_outcome"]],
+    ).to_pylist()  # fmt: skip
+    assert {row["name"] for row in calls if row["calls"] > 0} == {"rollout/python_calls", "rollout/search_calls"}
     # The ablation: the same GRPO with no reward model.
     outcome_inputs = set(registered[outputs["grpo_outcome"]].input_versions)
     assert registered[outputs["sft"]].version_id in outcome_inputs

@@ -29,7 +29,7 @@ from tasks.core.hashing import stable_int
 from tasks.core.models import ModelRef
 from tasks.core.prompts import Prompts, encode_prompt
 from tasks.core.stage import Input, Model, Option, StageContext, StageResult, StageSpec
-from tasks.core.tir import format_problem
+from tasks.core.tir import TOOL_STOPS, format_problem
 from tasks.generation.engine import EngineLimits, RolloutEngine, Trajectory
 from tasks.generation.llm import SamplingParams, TransformersBackend, VLLMBackend, load_tokenizer
 from tasks.generation.runner import ENGINE_CONFIG, settings_from_config
@@ -75,6 +75,7 @@ class GrpoReward:
         task: Sequence[str],
         response: Sequence[str],
         rm_ids: Sequence[list[int]],
+        tools: Sequence[list[str]] = (),
         log_metric: Any = None,
         **_: Any,
     ) -> list[float]:
@@ -103,6 +104,8 @@ class GrpoReward:
                 log_metric("reward_parts/rm_score", _mean(scored))
             bonus = [reward - outcome for reward, outcome, ok in zip(rewards, outcomes, formats, strict=True) if ok]
             log_metric("reward_parts/rm_bonus", _mean(bonus) if bonus else 0.0)
+            for tool in TOOL_STOPS.values():  # the calls each rollout made, per tool: GRPO's rollouts are not stored
+                log_metric(f"rollout/{tool}_calls", _mean([float(called.count(tool)) for called in tools]))
         return rewards
 
 
@@ -170,6 +173,7 @@ class GrpoRollouts:
             "env_mask": env_mask,
             "response": [t.response for t in trajectories],
             "rm_ids": [t.prompt_ids + ids for t, ids in zip(trajectories, completion_ids, strict=True)],
+            "tools": [[segment.tool for segment in t.segments if segment.kind == "tool"] for t in trajectories],
         }
 
 
