@@ -148,12 +148,11 @@ class BackgroundBuild:
         self.log = self.directory / "build.log"
         with self.log.open("w") as log:
             # The user's command, with its check on held-out questions. Niced: the tests running beside it
-            # keep their timing; the build takes the idle CPU. One thread: a niced build's two threads
-            # wait on each other at every operation whenever a test holds one core.
+            # keep their timing; the build takes the idle CPU.
             self.process = subprocess.Popen(
                 ["nice", "-n", "10", sys.executable, "-m", "flows.cli", "bootstrap", "--size", "test"],
                 stdout=log, stderr=subprocess.STDOUT, cwd=TESTS_DIR.parent,
-                env={**os.environ, "AUTOTRAJ_HOME": str(self.directory), "OMP_NUM_THREADS": "1"},
+                env={**os.environ, "AUTOTRAJ_HOME": str(self.directory)},
             )  # fmt: skip
 
     def wait(self) -> Path:
