@@ -140,68 +140,16 @@ def run_stage_here(stage: str, overrides: list[str] | None = None, profile: str 
     return run_stage(STAGES[stage], arguments, profile, overrides)
 
 
-class BackgroundBuild:
-    """The test-size bootstrap build, trained in a subprocess while the tests that need no model run."""
-
-    def __init__(self) -> None:
-        self.directory = Path(tempfile.mkdtemp(prefix="autotraj-test-models-"))
-        self.log = self.directory / "build.log"
-        with self.log.open("w") as log:
-            # The user's command, with its check on held-out questions. Niced: the tests running beside it
-            # keep their timing; the build takes the idle CPU.
-            self.process = subprocess.Popen(
-                ["nice", "-n", "10", sys.executable, "-m", "flows.cli", "bootstrap", "--size", "test"],
-                stdout=log, stderr=subprocess.STDOUT, cwd=TESTS_DIR.parent,
-                env={**os.environ, "AUTOTRAJ_HOME": str(self.directory)},
-            )  # fmt: skip
-
-    def wait(self) -> Path:
-        """The build's data directory, once the build has finished; a failed build fails the test."""
-        if self.process.wait() != 0:
-            pytest.fail(f"the test-size bootstrap build failed (exit {self.process.returncode}): "
-                        f"{self.log.read_text()[-2000:]}")  # fmt: skip
-        return self.directory
-
-    def close(self) -> None:
-        """Stop the build if it still runs, and delete its models."""
-        self.process.kill()
-        self.process.wait()
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-
-_background: list[BackgroundBuild] = []
-
-
-@pytest.hookimpl(trylast=True)  # after -k and -m have deselected: only the tests that will run count
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run the tests that need the tiny models last and, unless $AUTOTRAJ_TEST_MODELS names a build,
-    train those models in the background while the others run, with the user's own command. On 2 cores the
-    others leave the build little idle CPU: it saves about 20 s of the suite's time, not the build's 200 s."""
-    needs_models = [item for item in items if "tiny_models" in getattr(item, "fixturenames", ())]
-    first = [item for item in items if "tiny_models" not in getattr(item, "fixturenames", ())]
-    items[:] = first + needs_models
-    if needs_models and first and not os.environ.get("AUTOTRAJ_TEST_MODELS") and not config.option.collectonly:
-        _background.append(BackgroundBuild())
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Stop and delete the background build."""
-    while _background:
-        _background.pop().close()
-
-
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory):
-    """The test-size bootstrap build (tokenizer, teacher, repairer), trained once per test session (in the
-    background, see pytest_collection_modifyitems), or reused from $AUTOTRAJ_TEST_MODELS when that names a
-    directory (local runs; CI builds afresh)."""
+    """The test-size bootstrap build (tokenizer, teacher, repairer) committed in tests/fixtures/models
+    (`make test-models` builds it with `autotraj bootstrap --size test`), in a data directory of its own.
+    Built here instead when the bootstrap recipe has changed since (the bootstrap test then fails)."""
     from tasks.bootstrap.build import bootstrap
 
-    if _background:
-        directory = _background[0].wait()
-    else:
-        directory = os.environ.get("AUTOTRAJ_TEST_MODELS") or tmp_path_factory.mktemp("models")
-    return bootstrap(directory, "test", seed=0)
+    home = tmp_path_factory.mktemp("models-home")
+    shutil.copytree(FIXTURES / "models", home / "models")
+    return bootstrap(home, "test", seed=0)
 
 
 @pytest.fixture(scope="session")
@@ -232,7 +180,6 @@ def postgres() -> Iterator[Any]:
     """A private PostgreSQL server on a free 127.0.0.1 port for this session; call it with a database
     name to create that database and get its lake catalog URL."""
     import shutil
-    import tempfile
 
     root = Path(tempfile.mkdtemp(prefix="autotraj-pg-"))
     as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # initdb refuses root

@@ -20,12 +20,15 @@ def register(app: typer.Typer) -> None:
 def bootstrap(
     ctx: typer.Context,
     size: Annotated[
-        str, typer.Option(help="full (the embedded default) or test (small, for the test suite).")
+        str,
+        typer.Option(
+            help="full (the embedded default), test (the test suite's models) or smoke (seconds: checks an install)."
+        ),
     ] = "full",
     seed: Annotated[int, typer.Option(help="Seed of the tokenizer, data and weights.")] = 0,
-    force: Annotated[bool, typer.Option(help="Rebuild even when a cached build exists.")] = False,
+    force: Annotated[bool, typer.Option(help="Rebuild even when the cached build matches the recipe.")] = False,
 ) -> None:
-    """Train the offline tokenizer, tiny teacher and tiny repairer (cached in the data directory)."""
+    """Train the offline tokenizer, tiny teacher and tiny repairer (cached until the recipe changes)."""
     from tasks.bootstrap.build import bootstrap as build
     from tasks.bootstrap.check import evaluate_build
 
@@ -37,7 +40,7 @@ def bootstrap(
             seed,
             force,
             lambda role, step, steps, loss: bar.update(f"train {role}", step, steps, f"loss {loss:.3f}"),
-            evaluate=lambda path: evaluate_build(path, config),
+            evaluate=lambda path, questions: evaluate_build(path, config, questions),
         )
     verb = "built" if result.built else "reused"
     evaluation = result.metrics.get("evaluation", {})

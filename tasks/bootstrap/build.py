@@ -20,6 +20,8 @@ on generated data, where TRL/Trainer machinery adds nothing but startup time.
 from __future__ import annotations
 
 import functools
+import hashlib
+import inspect
 import json
 import logging
 import random
@@ -58,7 +60,7 @@ REPAIR_SOURCES = {"hedging": 0.2, "verbose": 0.15, "redundant": 0.15, "skip_tool
 
 @dataclass(frozen=True)
 class BootstrapSize:
-    """How big and how long: the full build, or the test build."""
+    """How big and how long: the full build, the test build, or a seconds-long smoke build."""
 
     vocab_size: int = 2200  # the arithmetic task's words and numbers, and the towns' 552 names
     hidden_size: int = 64
@@ -72,17 +74,36 @@ class BootstrapSize:
     learning_rate: float = 3e-3
     tokenizer_problems: int = 2000
     number_loss_weight: float = 10.0  # numbers are what the task is about and a small share of the tokens
+    check_questions: int = 200  # held-out questions the build's check samples (not an input of the models)
 
     @classmethod
     def named(cls, name: str) -> BootstrapSize:
-        """'full' (the embedded default) or 'test' (for the test suite)."""
+        """'full' (the embedded default), 'test' (the test suite's models) or 'smoke' (checks an install)."""
         if name == "full":
             return cls()
         if name == "test":
             # Shorter, yet past the step (about 1000) where the base learns to copy the question
             # into its code: the pipeline test needs some correct answers to train on.
             return cls(base_steps=1200, teacher_steps=250, repairer_steps=250)
-        raise ValueError(f"unknown bootstrap size {name!r}; choose full or test")
+        if name == "smoke":
+            # Every step of the build in seconds; the models write little that is right.
+            return cls(base_steps=120, teacher_steps=30, repairer_steps=30, check_questions=16)
+        raise ValueError(f"unknown bootstrap size {name!r}; choose full, test or smoke")
+
+
+def tokenizer_corpus(size: BootstrapSize, seed: int) -> list[str]:
+    """The texts the tokenizer is trained on."""
+    rng = random.Random(seed)
+    # Every prompt the models will read, often enough that its words become whole tokens.
+    repair_prompts = [load_prompt(None, f"repair.{variant}_prompt_file") for variant in ("wrong", "low_quality")]
+    corpus = [_system_prompt(), *repair_prompts] * 200
+    # Arithmetic trajectories whole, the towns task's wording and names without its numbers (see
+    # facts.vocabulary_text).
+    corpus += facts.vocabulary_text() * 200
+    for problem in synth.generate(size.tokenizer_problems, seed, prefix="tok"):
+        style = rng.choice(synth.STYLES)
+        corpus += [problem.question, synth.trajectory_text(synth.render(problem, style, rng))]
+    return corpus
 
 
 def build_tokenizer(out_dir: Path, size: BootstrapSize, seed: int) -> Any:
@@ -90,17 +111,6 @@ def build_tokenizer(out_dir: Path, size: BootstrapSize, seed: int) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    rng = random.Random(seed)
-    system = _system_prompt()
-    # Every prompt the models will read, often enough that its words become whole tokens.
-    repair_prompts = [load_prompt(None, f"repair.{variant}_prompt_file") for variant in ("wrong", "low_quality")]
-    corpus = [system, *repair_prompts] * 200
-    # Arithmetic trajectories whole, the towns task's wording and names without its numbers (see
-    # facts.vocabulary_text).
-    corpus += facts.vocabulary_text() * 200
-    for problem in synth.generate(size.tokenizer_problems, seed, prefix="tok"):
-        style = rng.choice(synth.STYLES)
-        corpus += [problem.question, synth.trajectory_text(synth.render(problem, style, rng))]
     tokenizer = Tokenizer(models.BPE())
     # Whole numbers stay one pre-token (GPT-2's split), so a number is the same few tokens wherever
     # it appears, and copying it from the question into code is token identity, which tiny models
@@ -113,7 +123,7 @@ def build_tokenizer(out_dir: Path, size: BootstrapSize, seed: int) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(corpus, trainer)
+    tokenizer.train_from_iterator(tokenizer_corpus(size, seed), trainer)
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<|endoftext|>",
@@ -313,6 +323,34 @@ def train_model(
     }
 
 
+# What each model trains on, in build order: (role, its examples, its steps, the model it starts from).
+ROLES: tuple[tuple[str, Callable[[Any, random.Random], tuple[list[int], list[int]]], str, str | None], ...] = (
+    ("base", base_example, "base_steps", None),
+    ("teacher", teacher_example, "teacher_steps", "base"),
+    ("repairer", repairer_example, "repairer_steps", "base"),
+)
+
+
+def recipe_digest(tokenizer: Any, size: BootstrapSize, seed: int) -> str:
+    """A fingerprint of what a build trains on and how (sizes, tokenizer corpus, model config, the first
+    examples of each model, the training loop): a cached build is reused only while it matches."""
+    digest = hashlib.sha256()
+    inputs = asdict(size)
+    inputs.pop("check_questions")
+    config = model_config(tokenizer, size).to_dict()
+    config.pop("transformers_version", None)
+    digest.update(json.dumps([inputs, config], sort_keys=True).encode())
+    for text in tokenizer_corpus(size, seed):
+        digest.update(text.encode())
+    for _, make_example, _, _ in ROLES:
+        rng = random.Random(seed)  # as train_model draws them
+        for _ in range(32):
+            digest.update(json.dumps(make_example(tokenizer, rng)).encode())
+    for function in (train_model, _length_grouped_batches):
+        digest.update(inspect.getsource(function).encode())
+    return digest.hexdigest()
+
+
 @dataclass
 class BootstrapResult:
     """Where the models are and what the build measured."""
@@ -326,6 +364,13 @@ class BootstrapResult:
     metrics: dict[str, Any]
     built: bool  # False when the cached build was reused
 
+    @classmethod
+    def of(cls, final: Path, manifest: dict[str, Any], built: bool) -> BootstrapResult:
+        """The build in `final` (paths from where it is now: a moved data directory keeps its build)."""
+        paths = {name: str(final / name) for name in ("teacher", "repairer", "tokenizer")}
+        return cls(str(final), **paths, size=manifest["size"], seconds=manifest["seconds"],
+                   metrics=manifest["metrics"], built=built)  # fmt: skip
+
 
 def bootstrap(
     data_dir: str | Path,
@@ -333,17 +378,21 @@ def bootstrap(
     seed: int = 0,
     force: bool = False,
     progress: Callable[[str, int, int, float], None] | None = None,
-    evaluate: Callable[[Path], dict[str, Any]] | None = None,
+    evaluate: Callable[[Path, int], dict[str, Any]] | None = None,
 ) -> BootstrapResult:
-    """Build (or reuse) tokenizer, teacher and repairer under the data directory."""
+    """Build (or reuse, while its recipe is unchanged) tokenizer, teacher and repairer under the data directory."""
     import torch
+    from transformers import AutoTokenizer
 
     size = BootstrapSize.named(size_name)
     private_dir(data_dir)
     final = bootstrap_dir(data_dir, size_name, seed)
     manifest = final / "bootstrap.json"
     if manifest.exists() and not force:
-        return BootstrapResult(**json.loads(manifest.read_text()), built=False)
+        cached = json.loads(manifest.read_text())
+        if cached.get("recipe") == recipe_digest(AutoTokenizer.from_pretrained(final / "tokenizer"), size, seed):
+            return BootstrapResult.of(final, cached, built=False)
+        log.warning("the bootstrap recipe changed since %s was built: building it again", final)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.monotonic()
     # Build beside the final directory and rename, so a killed build never leaves half a model.
@@ -357,32 +406,28 @@ def bootstrap(
     # model): the skill of copying numbers is learned once, on clean trajectories only, where every
     # example teaches it. The teacher then learns its spread of defects, the repairer to read a repair
     # prompt and answer cleanly.
-    for role, make_example, steps, init_from in (
-        ("base", base_example, size.base_steps, None),
-        ("teacher", teacher_example, size.teacher_steps, staging / "base"),
-        ("repairer", repairer_example, size.repairer_steps, staging / "base"),
-    ):
+    for role, make_example, steps_field, init_from in ROLES:
+        steps = getattr(size, steps_field)
 
         def report(step: int, loss: float, role: str = role, steps: int = steps) -> None:
             if progress is not None:
                 progress(role, step, steps, loss)
 
-        metrics[role] = train_model(tokenizer, make_example, steps, size, seed, staging / role, report, init_from)
+        start = staging / init_from if init_from else None
+        metrics[role] = train_model(tokenizer, make_example, steps, size, seed, staging / role, report, start)
     shutil.rmtree(staging / "base")  # only the start of the two models
     if final.exists():
         shutil.rmtree(final)
     staging.rename(final)
     if evaluate is not None:
         evaluation_started = time.monotonic()
-        metrics["evaluation"] = evaluate(final) | {"seconds": round(time.monotonic() - evaluation_started, 1)}
+        evaluation = evaluate(final, size.check_questions)
+        metrics["evaluation"] = evaluation | {"seconds": round(time.monotonic() - evaluation_started, 1)}
     result = {
-        "directory": str(final),
-        "teacher": str(final / "teacher"),
-        "repairer": str(final / "repairer"),
-        "tokenizer": str(final / "tokenizer"),
         "size": size_name,
         "seconds": round(time.monotonic() - started, 1),
         "metrics": metrics | {"size": asdict(size)},
+        "recipe": recipe_digest(tokenizer, size, seed),
     }
     manifest.write_text(json.dumps(result, indent=1))
-    return BootstrapResult(**result, built=True)
+    return BootstrapResult.of(final, result, built=True)
