@@ -79,12 +79,19 @@ def _load_extensions(con: duckdb.DuckDBPyConnection, catalog_url: str, data_dir:
     con.execute(f"LOAD {sql_string(str(link))}")
 
 
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
 def attach(catalog_url: str, data_path: Path, data_dir: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the lake attached as `lake` (read only or not)."""
     con = duckdb.connect(config={"allow_unsigned_extensions": "true", "autoinstall_known_extensions": "false"})
     try:
         _load_extensions(con, catalog_url, data_dir)
         options = [f"DATA_PATH {sql_string(str(data_path) + os.sep)}", "DATA_INLINING_ROW_LIMIT 0"]
+        if catalog_url.startswith("sqlite:"):
+            # Wait for another process's catalog lock rather than fail at once: a busy SQLite catalog
+            # otherwise raises a plain duckdb.Error from the attach probe, which is not a lost race.
+            options.append(f"META_BUSY_TIMEOUT {SQLITE_BUSY_TIMEOUT_MS}")
         if read_only:
             options.append("READ_ONLY")
         con.execute(f"ATTACH {sql_string('ducklake:' + catalog_url)} AS lake ({', '.join(options)})")
